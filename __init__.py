@@ -1,0 +1,13 @@
+"""ComfyUI-MMGT: co-speech gesture video generation (MMGT, IEEE TCSVT 2025) as a ComfyUI node pack."""
+
+import os
+import sys
+
+_PACK_ROOT = os.path.dirname(os.path.abspath(__file__))
+if _PACK_ROOT not in sys.path:
+    # Appended, not prepended: ComfyUI's own top-level modules (e.g. its `nodes.py`) must keep precedence.
+    sys.path.append(_PACK_ROOT)
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

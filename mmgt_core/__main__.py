@@ -1,0 +1,68 @@
+"""Command line: ``python -m mmgt_core {convert,bench,generate,doctor} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert_checkpoint
+
+    component, config = convert_checkpoint(args.input, args.output)
+    print(f"wrote {args.output}: component={component} config={config}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f".{args.target}.bench", __package__)
+    return int(module.main(args.rest) or 0)
+
+
+def _delegate(module_name: str):
+    def run(args: argparse.Namespace) -> int:
+        module = importlib.import_module(f".{module_name}", __package__)
+        return int(module.main(args.rest) or 0)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mmgt_core", description="ComfyUI-MMGT command line tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    convert = sub.add_parser("convert", help="rewrite an official checkpoint (.pt/.pth) as safetensors with "
+                                             "metadata (component, config, source)")
+    convert.add_argument("input", help="official checkpoint: audio2pose_best_model.pt, net-*.pth or WavLM-Large.pt")
+    convert.add_argument("output", help="the .safetensors file to write")
+    convert.set_defaults(func=_convert)
+    bench = sub.add_parser("bench", help="benchmarks: 'smga' (Stage I) or 'video' (Stage II); --help after the "
+                                         "target lists their options")
+    bench.add_argument("target", choices=["smga", "video"])
+    bench.set_defaults(func=_bench)
+    for name, help_text in (("generate", "image + audio (or pose) → mp4 with sound, headless"),
+                            ("doctor", "list the model files each mode needs and smoke-test the install")):
+        command = sub.add_parser(name, help=help_text, add_help=False)
+        command.set_defaults(func=_delegate(f"cli_{name}"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command == "convert":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    try:
+        return args.func(args)
+    except Exception as exc:  # print errors for people, not tracebacks
+        from .errors import MMGTError
+
+        if isinstance(exc, MMGTError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Rewrite an official checkpoint as safetensors with metadata (component, config, source)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import WeightsError
+from .weights import (
+    COMPONENT_SMGA,
+    COMPONENT_UNKNOWN,
+    COMPONENT_VIDEO_NET,
+    COMPONENT_WAVLM_UNILM,
+    META_CONFIG,
+    detect_component,
+    load_weights,
+    read_config,
+    save_weights,
+)
+
+
+def infer_smga_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """SMGA hyper-parameters read off the weight shapes (heads cannot be read off; the official value is 8)."""
+    layers = {int(m.group(1)) for key in state if (m := re.match(r"seqTransDecoder\.stack\.(\d+)\.", key))}
+    return {
+        "nfeats": int(state["final_layer.weight"].shape[0]),
+        "seq_len": int(state["null_cond_embed"].shape[1]),
+        "latent_dim": int(state["input_projection.weight"].shape[0]),
+        "ff_size": int(state["seqTransDecoder.stack.0.linear1.weight"].shape[0]),
+        "num_layers": len(layers),
+        "num_heads": 8,
+        "cond_feature_dim": int(state["cond_projection.weight"].shape[1]),
+    }
+
+
+def infer_video_net_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Stage-II sizes read off the weight shapes."""
+    prefix = "denoising_unet."
+    blocks = sorted({int(m.group(1)) for key in state if (m := re.match(r"denoising_unet\.down_blocks\.(\d+)\.", key))})
+    channels = [int(state[f"{prefix}down_blocks.{i}.resnets.0.conv1.weight"].shape[0]) for i in blocks]
+    cross = next(int(v.shape[1]) for k, v in state.items() if k.startswith(prefix) and k.endswith("attn2.to_k.weight"))
+    audio = next((int(v.shape[1]) for k, v in state.items() if k.endswith("attn2_0.to_k.weight")), None)
+    config: dict[str, Any] = {"block_out_channels": channels, "cross_attention_dim": cross,
+                              "audio_attention_dim": audio}
+    if "audioproj.proj1.weight" in state:
+        config["audio_proj"] = {
+            "input_dim": int(state["audioproj.proj1.weight"].shape[1]),
+            "intermediate_dim": int(state["audioproj.proj1.weight"].shape[0]),
+            "tokens_x_dim": int(state["audioproj.proj3.weight"].shape[0]),
+            "output_dim": int(state["audioproj.norm.weight"].shape[0]),
+        }
+    if "pose_guider.conv_out.weight" in state:
+        config["pose_guider_out_channels"] = int(state["pose_guider.conv_out.weight"].shape[0])
+    return config
+
+
+def convert_checkpoint(source: str | Path, target: str | Path) -> tuple[str, dict[str, Any]]:
+    """Convert ``source`` (official .pt/.pth or safetensors) to our safetensors; returns (component, config)."""
+    state, metadata = load_weights(source)
+    component = detect_component(state, metadata)
+    if component == COMPONENT_SMGA:
+        config = infer_smga_config(state)
+    elif component == COMPONENT_VIDEO_NET:
+        config = infer_video_net_config(state)
+    elif component == COMPONENT_WAVLM_UNILM:
+        config = read_config(metadata) if metadata.get(META_CONFIG) else {}
+    elif component == COMPONENT_UNKNOWN:
+        raise WeightsError(f"'{Path(source).name}' is not an MMGT checkpoint this tool knows (SMGA "
+                           "audio2pose_best_model.pt, Stage-II net-*.pth, or unilm WavLM-Large.pt).")
+    else:
+        config = read_config(metadata)
+    save_weights(state, target, component, config, Path(source).name)
+    return component, config

@@ -1,0 +1,310 @@
+"""The 134-point whole-body keypoint layout MMGT uses, its official normalisation, and POSE_KEYPOINT conversion.
+
+Layout (0-based keypoint index; the official 402-vector is ``[x0, y0, s0, x1, y1, s1, ...]``):
+
+* 0–17   OpenPose body-18 (0 nose, 1 neck, 2 R-shoulder, 3 R-elbow, 4 R-wrist, 5 L-shoulder, 6 L-elbow,
+         7 L-wrist, 8 R-hip, 9 R-knee, 10 R-ankle, 11 L-hip, 12 L-knee, 13 L-ankle, 14 R-eye, 15 L-eye,
+         16 R-ear, 17 L-ear)
+* 18–23  six foot points
+* 24–91  68 face landmarks (iBUG-68 order); 72–91 are the 20 mouth points
+* 92–112 left hand (21, OpenPose hand order); 113–133 right hand (21)
+
+Coordinates are pixels on a declared canvas. The official code works in a 512×512 pixel space and normalises
+all 402 values (scores included) with ``x/500 − 0.6``. For another canvas we map it onto that space by scaling
+its short side to 512 and centring it ("cover" rule): a 512×512 canvas maps to itself, and the person keeps the
+scale the model was trained on. Points outside the central square land outside [0, 512], which the official
+range [−200, 800] px still covers for aspect ratios up to about 2:1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import InputError
+
+NUM_KEYPOINTS = 134
+FEATURE_DIM = NUM_KEYPOINTS * 3
+OFFICIAL_CANVAS = 512
+
+BODY = range(0, 18)
+FEET = range(18, 24)
+FACE = range(24, 92)
+LIPS = range(72, 92)
+LEFT_HAND = range(92, 113)
+RIGHT_HAND = range(113, 134)
+HANDS = range(92, 134)
+LEGS = (9, 10, 12, 13)
+
+BODY_SCORE_THRESHOLD = 0.3  # body joints are drawn when score > 0.3
+POINT_SCORE_THRESHOLD = 0.3  # face/hand points are dropped when score < 0.3
+
+_NORM_LOW = -200.0
+_NORM_HIGH = 800.0
+
+
+@dataclass
+class PoseSequence:
+    """A keypoint sequence: ``keypoints`` (T, 134, 3) float32 pixel x, y and score on a ``width``×``height`` canvas."""
+
+    keypoints: torch.Tensor
+    width: int
+    height: int
+    fps: float = 25.0
+
+    def __post_init__(self) -> None:
+        validate_keypoints(self.keypoints, "keypoints")
+        validate_canvas(self.width, self.height)
+        if not self.fps > 0:
+            raise InputError("fps", f"must be positive, got {self.fps}.", "Use the video frame rate, e.g. 25.")
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.keypoints.shape[0])
+
+    def with_keypoints(self, keypoints: torch.Tensor) -> PoseSequence:
+        """A copy with other keypoints on the same canvas and frame rate."""
+        return PoseSequence(keypoints, self.width, self.height, self.fps)
+
+
+def validate_canvas(width: int, height: int, name: str = "canvas") -> None:
+    """Reject canvases that cannot hold a picture."""
+    if int(width) < 1 or int(height) < 1:
+        raise InputError(name, f"size {width}×{height} px is empty.", "Use a canvas of at least 1×1 pixel.")
+
+
+def validate_keypoints(keypoints: torch.Tensor, name: str = "keypoints", allow_empty: bool = False) -> None:
+    """Check the (T, 134, 3) shape, a floating dtype, finite values and (unless allowed) at least one frame."""
+    if not isinstance(keypoints, torch.Tensor):
+        raise InputError(name, f"expected a torch.Tensor, got {type(keypoints).__name__}.")
+    if keypoints.ndim != 3 or tuple(keypoints.shape[1:]) != (NUM_KEYPOINTS, 3):
+        raise InputError(
+            name,
+            f"expected shape (frames, 134, 3), got {tuple(keypoints.shape)}.",
+            "Pass whole-body keypoints in the 134-point DWPose layout (x, y, score per point).",
+        )
+    if not keypoints.is_floating_point():
+        raise InputError(name, f"expected a floating-point tensor, got {keypoints.dtype}.")
+    if keypoints.shape[0] == 0 and not allow_empty:
+        raise InputError(name, "the sequence has no frames.", "Give at least one frame of keypoints.")
+    if not torch.isfinite(keypoints).all():
+        bad_frames = (~torch.isfinite(keypoints)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise InputError(
+            name,
+            f"contains NaN or infinite values in frames {bad_frames[:10]}.",
+            "Mark missing points with score 0 instead of NaN coordinates.",
+        )
+
+
+def normalize(values: torch.Tensor) -> torch.Tensor:
+    """Official normalisation of every value (coordinates and scores): ``(x + 200) / 1000 · 2 − 1``."""
+    return ((values - _NORM_LOW) / (_NORM_HIGH - _NORM_LOW)) * 2 - 1
+
+
+def denormalize(values: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`normalize`: ``(y + 1) / 2 · 1000 − 200``."""
+    return (values + 1) / 2 * (_NORM_HIGH - _NORM_LOW) + _NORM_LOW
+
+
+def mask_leg_normalized(feature: torch.Tensor) -> torch.Tensor:
+    """Official ``mask_leg`` on (…, 402) features: knees and ankles (9, 10, 12, 13) set to 0 in all 3 channels."""
+    out = feature.clone()
+    for k in LEGS:
+        out[..., 3 * k : 3 * k + 3] = 0
+    return out
+
+
+def mask_leg_pixels(keypoints: torch.Tensor) -> torch.Tensor:
+    """Leg masking in pixel space (what the official drawing does): points 9, 10, 12, 13 become (0, 0, 0)."""
+    out = keypoints.clone()
+    out[..., list(LEGS), :] = 0
+    return out
+
+
+def _cover_transform(width: int, height: int) -> tuple[float, float, float]:
+    """Scale and offsets that map a canvas onto the official 512 space (short side → 512, centred)."""
+    scale = OFFICIAL_CANVAS / min(width, height)
+    offset_x = (OFFICIAL_CANVAS - width * scale) / 2
+    offset_y = (OFFICIAL_CANVAS - height * scale) / 2
+    return scale, offset_x, offset_y
+
+
+def to_official_pixels(keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Canvas pixels → official 512-space pixels (identity for 512×512)."""
+    if width == OFFICIAL_CANVAS and height == OFFICIAL_CANVAS:
+        return keypoints.clone()
+    scale, offset_x, offset_y = _cover_transform(width, height)
+    out = keypoints.clone()
+    out[..., 0] = keypoints[..., 0] * scale + offset_x
+    out[..., 1] = keypoints[..., 1] * scale + offset_y
+    return out
+
+
+def from_official_pixels(keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Official 512-space pixels → canvas pixels (inverse of :func:`to_official_pixels`)."""
+    if width == OFFICIAL_CANVAS and height == OFFICIAL_CANVAS:
+        return keypoints.clone()
+    scale, offset_x, offset_y = _cover_transform(width, height)
+    out = keypoints.clone()
+    out[..., 0] = (keypoints[..., 0] - offset_x) / scale
+    out[..., 1] = (keypoints[..., 1] - offset_y) / scale
+    return out
+
+
+def to_official_feature(sequence: PoseSequence) -> torch.Tensor:
+    """A pose sequence as the official normalised (T, 402) feature the SMGA consumes."""
+    pixels = to_official_pixels(sequence.keypoints.float(), sequence.width, sequence.height)
+    return normalize(pixels.reshape(pixels.shape[0], FEATURE_DIM))
+
+
+def from_official_feature(feature: torch.Tensor, width: int, height: int, fps: float = 25.0) -> PoseSequence:
+    """Official normalised (T, 402) features → a pose sequence on a ``width``×``height`` canvas."""
+    if feature.ndim != 2 or feature.shape[1] != FEATURE_DIM:
+        raise InputError("feature", f"expected shape (frames, 402), got {tuple(feature.shape)}.")
+    pixels = denormalize(feature.float()).reshape(feature.shape[0], NUM_KEYPOINTS, 3)
+    return PoseSequence(from_official_pixels(pixels, width, height), width, height, fps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ComfyUI POSE_KEYPOINT (OpenPose JSON, as comfyui_controlnet_aux's DWPose node writes it)
+# ---------------------------------------------------------------------------------------------------------------
+#
+# Per frame: {"people": [{"pose_keypoints_2d": 18×3, "face_keypoints_2d": 68×3 or 70×3,
+#              "hand_left_keypoints_2d": 21×3, "hand_right_keypoints_2d": 21×3}],
+#             "canvas_width": W, "canvas_height": H}
+# What is lost or synthesised in the conversion:
+# * feet (18–23) do not exist in POSE_KEYPOINT: they become score 0 going in, and are dropped going out;
+# * OpenPose faces have 70 points, the last two being pupils: they are dropped going in; going out they are
+#   synthesised as the mean of each eye's six contour points (iBUG 36–41 right eye, 42–47 left eye);
+# * a missing part (None or an empty list) becomes score-0 points; points written as (0, 0, 0) stay invisible.
+
+_POSE_KEYS = ("pose_keypoints_2d", "face_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d")
+_PART_RANGES = {
+    "pose_keypoints_2d": BODY,
+    "face_keypoints_2d": FACE,
+    "hand_left_keypoints_2d": LEFT_HAND,
+    "hand_right_keypoints_2d": RIGHT_HAND,
+}
+
+
+def _part_points(values: Sequence[float] | None, count: int, part: str) -> torch.Tensor:
+    """Parse one flat [x, y, c, ...] list into (count, 3); missing parts become zeros."""
+    if not values:
+        return torch.zeros(count, 3)
+    points = torch.tensor([float(v) for v in values], dtype=torch.float32)
+    if points.numel() % 3:
+        raise InputError("pose_keypoint", f"'{part}' has {points.numel()} numbers, not a multiple of 3.")
+    points = points.reshape(-1, 3)
+    if part == "face_keypoints_2d" and points.shape[0] == 70:
+        points = points[:68]  # OpenPose pupils (68, 69) have no place in the 134 layout
+    if points.shape[0] != count:
+        raise InputError("pose_keypoint", f"'{part}' has {points.shape[0]} points, expected {count}.")
+    return points
+
+
+def _person_extent(points: torch.Tensor) -> float:
+    """Bounding-box area of a person's visible points (used to pick the largest person)."""
+    visible = points[points[:, 2] > 0]
+    if visible.shape[0] < 2:
+        return 0.0
+    span = visible[:, :2].max(0).values - visible[:, :2].min(0).values
+    return float(span[0] * span[1])
+
+
+def _person_to_points(person: dict[str, Any]) -> torch.Tensor:
+    points = torch.zeros(NUM_KEYPOINTS, 3)
+    for part, index_range in _PART_RANGES.items():
+        points[index_range.start : index_range.stop] = _part_points(person.get(part), len(index_range), part)
+    return points
+
+
+def _looks_normalized(frames: list[torch.Tensor]) -> bool:
+    """True when every visible coordinate lies in [0, 1] (normalised OpenPose JSON)."""
+    coords = [f[f[:, 2] > 0][:, :2] for f in frames]
+    coords = [c for c in coords if c.numel()]
+    if not coords:
+        return True
+    return bool(torch.cat(coords).abs().max() <= 1.0 + 1e-6)
+
+
+def from_pose_keypoint(
+    pose_keypoint: list[dict[str, Any]] | dict[str, Any], fps: float = 25.0, width: int | None = None,
+    height: int | None = None,
+) -> tuple[PoseSequence, list[str]]:
+    """Convert ComfyUI ``POSE_KEYPOINT`` frames into a :class:`PoseSequence`.
+
+    Several people in a frame: the largest (by bounding box of its visible points) is taken. A frame with no
+    person repeats the previous frame's person (or is all score 0 at the start). Returns the sequence and a list
+    of notes saying what was chosen or filled in.
+    """
+    frames_in = [pose_keypoint] if isinstance(pose_keypoint, dict) else list(pose_keypoint or [])
+    if not frames_in:
+        raise InputError("pose_keypoint", "is empty (no frames).", "Connect a DWPose/OpenPose estimator output.")
+    notes: list[str] = []
+    frames: list[torch.Tensor] = []
+    canvas_w = width or int(frames_in[0].get("canvas_width") or 0)
+    canvas_h = height or int(frames_in[0].get("canvas_height") or 0)
+    empty_frames: list[int] = []
+    multi_frames: list[int] = []
+    for index, frame in enumerate(frames_in):
+        people = [p for p in frame.get("people", []) if any(p.get(k) for k in _POSE_KEYS)]
+        if not people:
+            empty_frames.append(index)
+            frames.append(frames[-1].clone() if frames else torch.zeros(NUM_KEYPOINTS, 3))
+            continue
+        candidates = [_person_to_points(p) for p in people]
+        if len(candidates) > 1:
+            multi_frames.append(index)
+        frames.append(max(candidates, key=_person_extent))
+    if len(empty_frames) == len(frames_in):
+        raise InputError("pose_keypoint", "no person was found in any frame.", "Use an image or video with a person.")
+    if empty_frames:
+        notes.append(f"{len(empty_frames)} frame(s) had no person and repeat the previous pose: {empty_frames[:10]}")
+    if multi_frames:
+        notes.append(f"{len(multi_frames)} frame(s) had several people; the largest was taken: {multi_frames[:10]}")
+    keypoints = torch.stack(frames)
+    if _looks_normalized(frames):
+        if not (canvas_w and canvas_h):
+            raise InputError("pose_keypoint", "has normalised coordinates but no canvas size.",
+                             "Set canvas_width/canvas_height, or give the width and height.")
+        keypoints[..., 0] *= canvas_w
+        keypoints[..., 1] *= canvas_h
+        notes.append("coordinates were normalised to [0, 1]; scaled to the canvas")
+    elif not (canvas_w and canvas_h):
+        raise InputError("pose_keypoint", "has no canvas_width/canvas_height.", "Give the width and height.")
+    notes.append("feet (points 18–23) are not in POSE_KEYPOINT and were set invisible")
+    return PoseSequence(keypoints, canvas_w, canvas_h, fps), notes
+
+
+def _flat(points: torch.Tensor) -> list[float]:
+    return [round(float(v), 4) for v in points.reshape(-1)]
+
+
+def to_pose_keypoint(sequence: PoseSequence, normalized: bool = False) -> list[dict[str, Any]]:
+    """Convert a :class:`PoseSequence` into ComfyUI ``POSE_KEYPOINT`` frames (one person per frame).
+
+    Invisible points (score < 0.3) are written as (0, 0, 0), as OpenPose JSON does; visible ones keep their score.
+    The two OpenPose pupil points are synthesised from the eye contours; feet are dropped.
+    """
+    frames: list[dict[str, Any]] = []
+    scale = torch.tensor([sequence.width, sequence.height, 1.0]) if normalized else torch.ones(3)
+    for points in sequence.keypoints.float():
+        points = points.clone()
+        points[points[:, 2] < POINT_SCORE_THRESHOLD] = 0
+        face = points[FACE.start : FACE.stop]
+        pupils = torch.zeros(2, 3)
+        for row, eye in enumerate((face[36:42], face[42:48])):
+            seen = eye[eye[:, 2] > 0]
+            if seen.shape[0]:
+                pupils[row] = seen.mean(0)
+        person = {
+            "pose_keypoints_2d": _flat(points[BODY.start : BODY.stop] / scale),
+            "face_keypoints_2d": _flat(torch.cat([face, pupils]) / scale),
+            "hand_left_keypoints_2d": _flat(points[LEFT_HAND.start : LEFT_HAND.stop] / scale),
+            "hand_right_keypoints_2d": _flat(points[RIGHT_HAND.start : RIGHT_HAND.stop] / scale),
+        }
+        frames.append({"people": [person], "canvas_width": sequence.width, "canvas_height": sequence.height})
+    return frames

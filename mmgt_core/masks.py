@@ -1,0 +1,201 @@
+"""Motion masks (the paper's Algorithm 1) and the mask pyramid that gates MM-HAA.
+
+Algorithm 1, per frame, exactly as the official code draws it: a point counts when its score is ≥ 0.3 and its
+truncated pixel coordinates are both > 0; a region's box spans ``[min, max)`` of those points (exclusive upper
+bound) and is filled when it is non-empty. Regions: the face (points 24–91), the lips (72–91) and one box per hand
+(92–112, 113–133). face+hands is their union; the background is ``1 − (face+hands)``.
+
+The official face+hands video is a uint8 *sum* of the face and hand canvases, so overlapping pixels wrap to 254.
+:func:`official_face_hands_levels` keeps that quirk for the pyramid (it changes the blurred result slightly); the
+masks handed to users are the clean union.
+
+The pyramid follows ``scripts/audio2vid.py``: resize to the level-0 latent grid (64×64 for 512 px), Gaussian blur
+(face 31×31, lips/hands 21×21, OpenCV's automatic sigma), per-frame min-max to 0..255, then a PIL bilinear resize
+to each latent level (H/8, H/16, H/32, H/64), divided by 255. OpenCV and PIL are used for those small images so
+the numbers match the official ones bit for bit; frames travel as image channels, so there is no Python loop over
+pixels, and only the tiny per-level resizes loop over frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+from .keypoints import FACE, LEFT_HAND, LIPS, POINT_SCORE_THRESHOLD, RIGHT_HAND, PoseSequence
+
+FACE_BLUR_KERNEL = 31
+LIPS_BLUR_KERNEL = 21
+HANDS_BLUR_KERNEL = 21
+LATENT_LEVELS = 4
+LATENT_STRIDE = 8
+_CV_MAX_CHANNELS = 512
+
+
+@dataclass
+class MotionMasks:
+    """Per-frame region masks at the video resolution, each (T, H, W) float32 in {0, 1}."""
+
+    face: torch.Tensor
+    lips: torch.Tensor
+    hands: torch.Tensor
+
+    @property
+    def face_hands(self) -> torch.Tensor:
+        """The paper's V_M^{f+h}: union of the face box and the hand boxes."""
+        return torch.maximum(self.face, self.hands)
+
+    @property
+    def background(self) -> torch.Tensor:
+        """The paper's V_M^b = 1 − V_M^{f+h}."""
+        return 1.0 - self.face_hands
+
+
+def region_boxes(keypoints: torch.Tensor, indices: range) -> torch.Tensor:
+    """Per-frame Algorithm-1 boxes ``(T, 4)`` int64 ``[x0, y0, x1, y1)`` of the points in ``indices``.
+
+    An empty box (no counted point, or a degenerate one) has ``x0 >= x1`` or ``y0 >= y1``.
+    """
+    points = keypoints[:, indices.start : indices.stop].float()
+    xs = torch.trunc(points[..., 0]).long()
+    ys = torch.trunc(points[..., 1]).long()
+    counted = (points[..., 2] >= POINT_SCORE_THRESHOLD) & (xs > 0) & (ys > 0)
+    big = torch.iinfo(torch.long).max
+    x0 = torch.where(counted, xs, big).amin(1)
+    y0 = torch.where(counted, ys, big).amin(1)
+    x1 = torch.where(counted, xs, 0).amax(1)
+    y1 = torch.where(counted, ys, 0).amax(1)
+    return torch.stack([x0, y0, x1, y1], dim=1)
+
+
+def boxes_to_masks(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Fill ``(T, 4)`` boxes into ``(T, H, W)`` float masks (empty boxes give empty masks)."""
+    cols = torch.arange(width).view(1, 1, width)
+    rows = torch.arange(height).view(1, height, 1)
+    x0, y0, x1, y1 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
+    valid = ((x0 < x1) & (y0 < y1)).view(-1, 1, 1)
+    inside = (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1) & valid
+    return inside.float()
+
+
+def motion_masks(sequence: PoseSequence) -> MotionMasks:
+    """Algorithm 1 on every frame of ``sequence`` at its canvas size."""
+    kp, w, h = sequence.keypoints, sequence.width, sequence.height
+    hands = torch.maximum(
+        boxes_to_masks(region_boxes(kp, LEFT_HAND), w, h), boxes_to_masks(region_boxes(kp, RIGHT_HAND), w, h)
+    )
+    return MotionMasks(
+        face=boxes_to_masks(region_boxes(kp, FACE), w, h),
+        lips=boxes_to_masks(region_boxes(kp, LIPS), w, h),
+        hands=hands,
+    )
+
+
+def official_face_hands_uint8(masks: MotionMasks) -> torch.Tensor:
+    """The official face+hands canvas: uint8 sum of face and hands (overlaps wrap to 254)."""
+    face = (masks.face > 0.5).to(torch.int32) * 255
+    hands = (masks.hands > 0.5).to(torch.int32) * 255
+    return ((face + hands) % 256).to(torch.uint8)
+
+
+def to_uint8(mask: torch.Tensor) -> torch.Tensor:
+    """A [0, 1] float mask as 0..255 uint8 (rounded)."""
+    return (mask.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def latent_level_sizes(width: int, height: int, levels: int = LATENT_LEVELS) -> list[tuple[int, int]]:
+    """(h, w) of the latent grid at each UNet depth: H/8, H/16, H/32, H/64 (and the same for W)."""
+    factor = LATENT_STRIDE * 2 ** (levels - 1)
+    if width % factor or height % factor or width <= 0 or height <= 0:
+        raise InputError(
+            "size",
+            f"{width}×{height} px cannot be split into {levels} latent levels.",
+            f"Use a width and height that are multiples of {factor}.",
+        )
+    return [(height // (LATENT_STRIDE * 2**k), width // (LATENT_STRIDE * 2**k)) for k in range(levels)]
+
+
+def _channels_last_chunks(frames: np.ndarray) -> list[np.ndarray]:
+    """Split (T, H, W) into (H, W, C≤512) arrays so OpenCV treats frames as channels."""
+    return [np.ascontiguousarray(frames[i : i + _CV_MAX_CHANNELS].transpose(1, 2, 0))
+            for i in range(0, frames.shape[0], _CV_MAX_CHANNELS)]
+
+
+def _as_frames(image: np.ndarray) -> np.ndarray:
+    """(H, W[, C]) OpenCV output back to (C, H, W)."""
+    return image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+
+
+def _minmax_to_uint8(frames: np.ndarray) -> np.ndarray:
+    """cv2.normalize(NORM_MINMAX, 0, 255) per frame; an all-constant frame becomes 0 as in OpenCV."""
+    out = np.empty_like(frames)
+    for index, frame in enumerate(frames):  # one cheap call per (tiny) frame keeps OpenCV's exact rounding
+        out[index] = cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX)
+    return out
+
+
+def blurred_level0(mask_uint8: torch.Tensor, kernel: int, level0_size: tuple[int, int]) -> np.ndarray:
+    """Resize (INTER_LINEAR) to the level-0 grid, Gaussian blur and min-max normalise: (T, h0, w0) uint8."""
+    frames = mask_uint8.cpu().numpy().astype(np.uint8)
+    h0, w0 = level0_size
+    blurred = []
+    for chunk in _channels_last_chunks(frames):
+        resized = cv2.resize(chunk, (w0, h0))
+        if resized.ndim == 2:
+            resized = resized[..., None]
+        blurred.append(_as_frames(cv2.GaussianBlur(resized, (kernel, kernel), 0)))
+    return _minmax_to_uint8(np.concatenate(blurred, axis=0))
+
+
+def pyramid_from_level0(level0: np.ndarray, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """PIL-bilinear resize of each level-0 frame to every level, ``(T, h_k, w_k)`` float32 in [0, 1]."""
+    levels: list[torch.Tensor] = []
+    for h, w in sizes:
+        if (h, w) == level0.shape[1:]:
+            resized = level0
+        else:
+            resized = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in level0])
+        levels.append(torch.from_numpy(resized.astype(np.float32) / 255.0))
+    return levels
+
+
+def mask_pyramid(mask: torch.Tensor, kernel: int, width: int | None = None, height: int | None = None
+                 ) -> list[torch.Tensor]:
+    """The official mask pyramid of a (T, H, W) mask (float in [0, 1], or uint8) at the latent levels.
+
+    Returns 4 tensors ``(T, h_k, w_k)`` for k = 0..3 (level 0 = H/8 × W/8). ``width``/``height`` give the video
+    size when the mask is at another resolution (it is resized like the official 512 → 64 step).
+    """
+    if mask.ndim != 3 or mask.shape[0] == 0:
+        raise InputError("mask", f"expected (frames, H, W) with at least one frame, got {tuple(mask.shape)}.")
+    height = height or int(mask.shape[1])
+    width = width or int(mask.shape[2])
+    sizes = latent_level_sizes(width, height)
+    mask_uint8 = mask if mask.dtype == torch.uint8 else to_uint8(mask)
+    return pyramid_from_level0(blurred_level0(mask_uint8, kernel, sizes[0]), sizes)
+
+
+@dataclass
+class MaskPyramids:
+    """Blurred masks at the 4 latent levels for each region, as MM-HAA consumes them."""
+
+    face_hands: list[torch.Tensor]
+    lips: list[torch.Tensor]
+    hands: list[torch.Tensor]
+
+
+def motion_mask_pyramids(masks: MotionMasks, official_overlap: bool = True) -> MaskPyramids:
+    """Pyramids of face+hands (31×31 blur), lips and hands (21×21), as the official inference prepares them.
+
+    ``official_overlap`` keeps the official 254 value where the face and hand boxes overlap.
+    """
+    face_hands = official_face_hands_uint8(masks) if official_overlap else to_uint8(masks.face_hands)
+    return MaskPyramids(
+        face_hands=mask_pyramid(face_hands, FACE_BLUR_KERNEL),
+        lips=mask_pyramid(to_uint8(masks.lips), LIPS_BLUR_KERNEL),
+        hands=mask_pyramid(to_uint8(masks.hands), HANDS_BLUR_KERNEL),
+    )

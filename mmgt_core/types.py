@@ -1,0 +1,24 @@
+"""Small shared types: the callables the host injects, and the keypoint sequence value."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Optional
+
+ProgressFn = Callable[[int, int], None]
+"""progress(step, total): called after each unit of work; step counts from 1."""
+
+CancelFn = Callable[[], None]
+"""check_cancel(): raises (e.g. Cancelled or the host's interrupt exception) when the user cancelled."""
+
+
+def no_progress(step: int, total: int) -> None:
+    """Progress callback that does nothing."""
+
+
+def no_cancel() -> None:
+    """Cancel check that never cancels."""
+
+
+OptionalProgress = Optional[ProgressFn]
+OptionalCancel = Optional[CancelFn]

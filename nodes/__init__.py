@@ -1,0 +1,31 @@
+"""ComfyUI adapters. Each stage module adds its nodes; a stage whose optional packages are missing is skipped
+with a logged reason instead of breaking the whole pack."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from . import host
+
+LOGGER = logging.getLogger("ComfyUI-MMGT")
+STAGE_MODULES = ("pose", "stage1", "stage2", "workflow")
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+SKIPPED_MODULES: dict[str, str] = {}
+
+host.register_model_folder()
+
+for _name in STAGE_MODULES:
+    try:
+        _module = importlib.import_module(f".{_name}", __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(__name__):
+            continue  # the stage module itself is not part of this build
+        SKIPPED_MODULES[_name] = f"missing package '{exc.name}'"
+        LOGGER.warning("[MMGT] %s nodes disabled: missing package '%s' (pip install -r requirements.txt)",
+                       _name, exc.name)
+        continue
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

@@ -1,0 +1,1 @@
+"""Test stub of the ComfyUI ``comfy`` package (only what the pack uses)."""
