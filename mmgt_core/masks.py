@@ -33,7 +33,7 @@ LIPS_BLUR_KERNEL = 21
 HANDS_BLUR_KERNEL = 21
 LATENT_LEVELS = 4
 LATENT_STRIDE = 8
-_CV_MAX_CHANNELS = 512
+_CV_MAX_CHANNELS = 512  # OpenCV's channel limit: frames travel as channels
 
 
 @dataclass
@@ -74,12 +74,14 @@ def region_boxes(keypoints: torch.Tensor, indices: range) -> torch.Tensor:
 
 def boxes_to_masks(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Fill ``(T, 4)`` boxes into ``(T, H, W)`` float masks (empty boxes give empty masks)."""
-    cols = torch.arange(width).view(1, 1, width)
-    rows = torch.arange(height).view(1, height, 1)
-    x0, y0, x1, y1 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
-    valid = ((x0 < x1) & (y0 < y1)).view(-1, 1, 1)
-    inside = (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1) & valid
-    return inside.float()
+    x0, y0, x1, y1 = (boxes[:, i].view(-1, 1) for i in range(4))
+    valid = (x0 < x1) & (y0 < y1)
+    cols = torch.arange(width).view(1, width)
+    rows = torch.arange(height).view(1, height)
+    inside_cols = (cols >= x0) & (cols < x1) & valid
+    inside_rows = (rows >= y0) & (rows < y1)
+    # a box is the outer product of its row and column spans: no (T, H, W) comparisons needed
+    return inside_rows.float()[:, :, None] * inside_cols.float()[:, None, :]
 
 
 def motion_masks(sequence: PoseSequence) -> MotionMasks:
@@ -97,9 +99,7 @@ def motion_masks(sequence: PoseSequence) -> MotionMasks:
 
 def official_face_hands_uint8(masks: MotionMasks) -> torch.Tensor:
     """The official face+hands canvas: uint8 sum of face and hands (overlaps wrap to 254)."""
-    face = (masks.face > 0.5).to(torch.int32) * 255
-    hands = (masks.hands > 0.5).to(torch.int32) * 255
-    return ((face + hands) % 256).to(torch.uint8)
+    return (masks.face > 0.5).to(torch.uint8) * 255 + (masks.hands > 0.5).to(torch.uint8) * 255
 
 
 def to_uint8(mask: torch.Tensor) -> torch.Tensor:
@@ -119,17 +119,6 @@ def latent_level_sizes(width: int, height: int, levels: int = LATENT_LEVELS) -> 
     return [(height // (LATENT_STRIDE * 2**k), width // (LATENT_STRIDE * 2**k)) for k in range(levels)]
 
 
-def _channels_last_chunks(frames: np.ndarray) -> list[np.ndarray]:
-    """Split (T, H, W) into (H, W, C≤512) arrays so OpenCV treats frames as channels."""
-    return [np.ascontiguousarray(frames[i : i + _CV_MAX_CHANNELS].transpose(1, 2, 0))
-            for i in range(0, frames.shape[0], _CV_MAX_CHANNELS)]
-
-
-def _as_frames(image: np.ndarray) -> np.ndarray:
-    """(H, W[, C]) OpenCV output back to (C, H, W)."""
-    return image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
-
-
 def _minmax_to_uint8(frames: np.ndarray) -> np.ndarray:
     """cv2.normalize(NORM_MINMAX, 0, 255) per frame; an all-constant frame becomes 0 as in OpenCV."""
     out = np.empty_like(frames)
@@ -138,17 +127,23 @@ def _minmax_to_uint8(frames: np.ndarray) -> np.ndarray:
     return out
 
 
+def _blur_hwc(canvas_hwc: np.ndarray, kernel: int, level0_size: tuple[int, int]) -> np.ndarray:
+    """Frames as channels (H, W, C≤512) uint8 → resized, blurred, min-max normalised (C, h0, w0) uint8."""
+    h0, w0 = level0_size
+    resized = cv2.resize(canvas_hwc, (w0, h0))
+    if resized.ndim == 2:
+        resized = resized[..., None]
+    blurred = cv2.GaussianBlur(resized, (kernel, kernel), 0)
+    blurred = blurred[None] if blurred.ndim == 2 else blurred.transpose(2, 0, 1)
+    return _minmax_to_uint8(np.ascontiguousarray(blurred))
+
+
 def blurred_level0(mask_uint8: torch.Tensor, kernel: int, level0_size: tuple[int, int]) -> np.ndarray:
     """Resize (INTER_LINEAR) to the level-0 grid, Gaussian blur and min-max normalise: (T, h0, w0) uint8."""
-    frames = mask_uint8.cpu().numpy().astype(np.uint8)
-    h0, w0 = level0_size
-    blurred = []
-    for chunk in _channels_last_chunks(frames):
-        resized = cv2.resize(chunk, (w0, h0))
-        if resized.ndim == 2:
-            resized = resized[..., None]
-        blurred.append(_as_frames(cv2.GaussianBlur(resized, (kernel, kernel), 0)))
-    return _minmax_to_uint8(np.concatenate(blurred, axis=0))
+    frames = mask_uint8.cpu().numpy().astype(np.uint8, copy=False)
+    chunks = [_blur_hwc(np.ascontiguousarray(frames[i : i + _CV_MAX_CHANNELS].transpose(1, 2, 0)), kernel,
+                        level0_size) for i in range(0, frames.shape[0], _CV_MAX_CHANNELS)]
+    return np.concatenate(chunks, axis=0)
 
 
 def pyramid_from_level0(level0: np.ndarray, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -199,3 +194,39 @@ def motion_mask_pyramids(masks: MotionMasks, official_overlap: bool = True) -> M
         lips=mask_pyramid(to_uint8(masks.lips), LIPS_BLUR_KERNEL),
         hands=mask_pyramid(to_uint8(masks.hands), HANDS_BLUR_KERNEL),
     )
+
+
+def _box_canvas_hwc(boxes: torch.Tensor, width: int, height: int) -> np.ndarray:
+    """Boxes of T frames drawn straight into an (H, W, T) bool array (frames as channels, for OpenCV)."""
+    x0, y0, x1, y1 = (boxes[:, i].view(1, -1) for i in range(4))
+    valid = (x0 < x1) & (y0 < y1)
+    inside_cols = (torch.arange(width).view(-1, 1) >= x0) & (torch.arange(width).view(-1, 1) < x1) & valid
+    inside_rows = (torch.arange(height).view(-1, 1) >= y0) & (torch.arange(height).view(-1, 1) < y1)
+    return (inside_rows[:, None, :] & inside_cols[None, :, :]).numpy()
+
+
+def keypoint_mask_pyramids(sequence: PoseSequence, official_overlap: bool = True, chunk: int = 256
+                           ) -> MaskPyramids:
+    """Mask pyramids straight from keypoints, ``chunk`` frames at a time, never holding full-size masks.
+
+    Same numbers as ``motion_mask_pyramids(motion_masks(sequence))``; memory stays at one chunk of canvases.
+    """
+    width, height = sequence.width, sequence.height
+    sizes = latent_level_sizes(width, height)
+    kernels = {"face_hands": FACE_BLUR_KERNEL, "lips": LIPS_BLUR_KERNEL, "hands": HANDS_BLUR_KERNEL}
+    level0: dict[str, list[np.ndarray]] = {name: [] for name in kernels}
+    chunk = max(1, min(chunk, _CV_MAX_CHANNELS))
+    for start in range(0, sequence.num_frames, chunk):
+        kp = sequence.keypoints[start : start + chunk]
+        face = _box_canvas_hwc(region_boxes(kp, FACE), width, height)
+        hands = _box_canvas_hwc(region_boxes(kp, LEFT_HAND), width, height) | \
+            _box_canvas_hwc(region_boxes(kp, RIGHT_HAND), width, height)
+        if official_overlap:
+            face_hands = face.astype(np.uint8) * 255 + hands.astype(np.uint8) * 255  # uint8 wrap: overlap → 254
+        else:
+            face_hands = (face | hands).astype(np.uint8) * 255
+        canvases = {"face_hands": face_hands, "lips": _box_canvas_hwc(region_boxes(kp, LIPS), width, height)
+                    .astype(np.uint8) * 255, "hands": hands.astype(np.uint8) * 255}
+        for name, canvas in canvases.items():
+            level0[name].append(_blur_hwc(canvas, kernels[name], sizes[0]))
+    return MaskPyramids(**{name: pyramid_from_level0(np.concatenate(parts), sizes) for name, parts in level0.items()})

@@ -131,3 +131,14 @@ def test_many_frames_use_multiple_opencv_chunks():
     level0 = mask_pyramid(masks.face, FACE_BLUR_KERNEL)[0]
     assert level0.shape == (600, 8, 8)
     assert torch.equal(level0[0], level0[598]) and level0[599].sum() == 0
+
+
+def test_chunked_keypoint_pyramids_equal_full_mask_pyramids(official):
+    sequence, _, levels = official
+    long_sequence = PoseSequence(sequence.keypoints.repeat(3, 1, 1), 512, 512)
+    from_masks = motion_mask_pyramids(motion_masks(long_sequence))
+    chunked = keypoint_mask_pyramids(long_sequence, chunk=4)
+    for name in ("face_hands", "lips", "hands"):
+        for full, part in zip(getattr(from_masks, name), getattr(chunked, name)):
+            assert torch.equal(full, part), name
+    torch.testing.assert_close(chunked.face_hands[1][:6].reshape(6, -1), levels["face_mask_level1"], atol=1e-6, rtol=0)
