@@ -13,6 +13,7 @@ from mmgt_core.masks import (
     FACE_BLUR_KERNEL,
     MotionMasks,
     blurred_level0,
+    keypoint_mask_pyramids,
     latent_level_sizes,
     mask_pyramid,
     motion_mask_pyramids,
