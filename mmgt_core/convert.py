@@ -15,7 +15,6 @@ from .weights import (
     COMPONENT_UNKNOWN,
     COMPONENT_VIDEO_NET,
     COMPONENT_WAVLM_UNILM,
-    META_CONFIG,
     detect_component,
     load_weights,
     read_config,
@@ -62,12 +61,15 @@ def convert_checkpoint(source: str | Path, target: str | Path) -> tuple[str, dic
     """Convert ``source`` (official .pt/.pth or safetensors) to our safetensors; returns (component, config)."""
     state, metadata = load_weights(source)
     component = detect_component(state, metadata)
+    if component == COMPONENT_WAVLM_UNILM:  # rewrite in the transformers layout the loaders use directly
+        from .audio.wavlm import export_wavlm_safetensors
+
+        export_wavlm_safetensors(source, target)
+        return component, read_config(load_weights(target)[1])
     if component == COMPONENT_SMGA:
         config = infer_smga_config(state)
     elif component == COMPONENT_VIDEO_NET:
         config = infer_video_net_config(state)
-    elif component == COMPONENT_WAVLM_UNILM:
-        config = read_config(metadata) if metadata.get(META_CONFIG) else {}
     elif component == COMPONENT_UNKNOWN:
         raise WeightsError(f"'{Path(source).name}' is not an MMGT checkpoint this tool knows (SMGA "
                            "audio2pose_best_model.pt, Stage-II net-*.pth, or unilm WavLM-Large.pt).")

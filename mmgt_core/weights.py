@@ -32,12 +32,14 @@ META_SOURCE = "mmgt_source"
 COMPONENT_SMGA = "smga"
 COMPONENT_VIDEO_NET = "video_net"
 COMPONENT_WAVLM_UNILM = "wavlm_unilm"
+COMPONENT_WAVLM = "wavlm"
 COMPONENT_UNKNOWN = "unknown"
 
 COMPONENT_DESCRIPTIONS = {
     COMPONENT_SMGA: "Stage-I SMGA audio-to-pose model (official audio2pose_best_model.pt)",
     COMPONENT_VIDEO_NET: "Stage-II video network (official net-*.pth: ReferenceNet + 3D UNet + PoseGuider + AudioProj)",
     COMPONENT_WAVLM_UNILM: "WavLM in the microsoft/unilm layout (official WavLM-Large.pt)",
+    COMPONENT_WAVLM: "WavLM converted to the transformers layout",
     COMPONENT_UNKNOWN: "unrecognised weights",
 }
 
@@ -150,7 +152,9 @@ def detect_component(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[s
     if any(key.startswith("feature_extractor.conv_layers.") for key in keys) and any(
         key.startswith("encoder.layers.") for key in keys
     ):
-        return COMPONENT_WAVLM_UNILM
+        # unilm keeps its positional conv at encoder.pos_conv.0, transformers at encoder.pos_conv_embed
+        return COMPONENT_WAVLM if any(key.startswith("encoder.pos_conv_embed.") for key in keys) \
+            else COMPONENT_WAVLM_UNILM
     return COMPONENT_UNKNOWN
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from executor import WorkflowError, load_prompt, run, validate
 from safetensors.torch import load_file
 
+from executor import WorkflowError, load_prompt, run, validate
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.keypoints_io import save_keypoints_file
 

@@ -138,3 +138,11 @@ def test_convert_cli_writes_safetensors_with_config(fixtures_dir, tmp_path, caps
     save_weights({"foo": torch.zeros(1)}, unknown, "", {}, "x")
     assert cli_main(["convert", str(unknown), str(tmp_path / "o.safetensors")]) == 2
     assert "not an MMGT checkpoint" in capsys.readouterr().err
+
+
+def test_convert_cli_rewrites_unilm_wavlm_in_the_transformers_layout(fixtures_dir, tmp_path):
+    out = tmp_path / "wavlm.safetensors"
+    assert cli_main(["convert", str(fixtures_dir / "audio" / "wavlm_tiny" / "WavLM-tiny.pt"), str(out)]) == 0
+    state, meta = load_weights(out)
+    assert meta["mmgt_component"] == "wavlm" and detect_component(state, {}) == "wavlm"
+    assert any(key.startswith("encoder.pos_conv_embed.") for key in state)

@@ -1,0 +1,244 @@
+"""Stage-I nodes: load SMGA and WavLM, audio features, reference pose, audio → pose."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmgt_core.audio.stage1 import stage1_features
+from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds, is_silent, to_mono
+from mmgt_core.audio.wavlm import WavLMEncoder, load_wavlm
+from mmgt_core.errors import InputError
+from mmgt_core.keypoints import PoseSequence, from_official_feature, mask_leg_normalized, to_official_feature
+from mmgt_core.smga.generate import generate_pose_sequence
+from mmgt_core.smga.model import GestureDecoder, load_smga
+
+from . import host
+from .common import image_to_uint8_frames, node_errors
+from .pose import KEYPOINTS_INPUT, KEYPOINTS_TYPE
+
+SMGA_TYPE = "MMGT_SMGA"
+WAVLM_TYPE = "MMGT_WAVLM"
+STAGE1_AUDIO_TYPE = "MMGT_STAGE1_AUDIO"
+
+
+@dataclass
+class LoadedSMGA:
+    """An SMGA model with where and how it runs."""
+
+    model: GestureDecoder
+    device: torch.device
+    dtype: torch.dtype
+    source: str
+
+
+@dataclass
+class LoadedWavLM:
+    encoder: WavLMEncoder
+    device: torch.device
+    dtype: torch.dtype
+
+
+@dataclass
+class Stage1Audio:
+    """Stage-I audio features (T, 1059) at 25 fps, and the clip they came from."""
+
+    features: torch.Tensor
+    duration: float
+    silent: bool
+
+
+def _weight_files(*suffixes: str) -> list[str]:
+    files = [f for f in host.list_model_files() if f.endswith(suffixes)]
+    return files or ["(put a file in models/mmgt)"]
+
+
+def _device_dtype(device_choice: str, dtype_choice: str) -> tuple[torch.device, torch.dtype]:
+    device = host.torch_device(device_choice)
+    return device, host.resolve_dtype(dtype_choice, device)
+
+
+DTYPE_INPUT = (host.DTYPE_CHOICES, {"default": "auto", "tooltip": "Weights precision. auto: fp16 on GPU, bf16 on "
+                                                                  "CPU (fp16 is never used on CPU: it is very slow)."})
+DEVICE_INPUT = (host.DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the model runs (auto: ComfyUI's device)."})
+
+
+class LoadSMGA:
+    DESCRIPTION = ("Loads the Stage-I SMGA audio→pose model: the official audio2pose_best_model.pt (its EMA "
+                   "weights, opened safely) or an MMGT .safetensors from models/mmgt.")
+    CATEGORY = "MMGT/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = (SMGA_TYPE,)
+    RETURN_NAMES = ("smga",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "checkpoint": (_weight_files(".pt", ".pth", ".safetensors"),
+                           {"tooltip": "SMGA weights in models/mmgt: audio2pose_best_model.pt or smga.safetensors."}),
+            "dtype": DTYPE_INPUT,
+            "device": DEVICE_INPUT,
+        }}
+
+    def load(self, checkpoint: str, dtype: str, device: str) -> tuple[LoadedSMGA]:
+        with node_errors("MMGT Load SMGA"):
+            target, torch_dtype = _device_dtype(device, dtype)
+            model = load_smga(host.resolve_model_path(checkpoint), device=target, dtype=torch_dtype)
+        return (LoadedSMGA(model, target, torch_dtype, checkpoint),)
+
+
+class LoadWavLM:
+    DESCRIPTION = ("Loads WavLM-Large for the Stage-I audio features: the official unilm WavLM-Large.pt "
+                   "(converted safely), a converted .safetensors, or a Hugging Face folder in models/mmgt.")
+    CATEGORY = "MMGT/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = (WAVLM_TYPE,)
+    RETURN_NAMES = ("wavlm",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        choices = [f for f in host.list_model_files() if "wavlm" in f.lower() and f.endswith((".pt", ".safetensors"))]
+        choices += [d for d in host.list_model_dirs() if "wavlm" in d.lower()]
+        return {"required": {
+            "model": (choices or ["wavlm/WavLM-Large.pt"], {"tooltip": "wavlm/WavLM-Large.pt (official), a "
+                                                                       "converted .safetensors, or a HF folder."}),
+            "dtype": DTYPE_INPUT,
+            "device": DEVICE_INPUT,
+        }}
+
+    def load(self, model: str, dtype: str, device: str) -> tuple[LoadedWavLM]:
+        with node_errors("MMGT Load WavLM"):
+            target, torch_dtype = _device_dtype(device, dtype)
+            encoder = load_wavlm(host.resolve_model_path(model), device=target, dtype=torch_dtype)
+        return (LoadedWavLM(encoder, target, torch_dtype),)
+
+
+def audio_to_mono(audio: dict[str, Any], input_name: str = "audio") -> tuple[torch.Tensor, int]:
+    """ComfyUI AUDIO → (mono float waveform, sample rate), with a clear error for malformed values."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise InputError(input_name, "is not a ComfyUI AUDIO value.", "Connect a LoadAudio node.")
+    return to_mono(audio["waveform"]), int(audio["sample_rate"])
+
+
+class Stage1AudioFeatures:
+    DESCRIPTION = ("Computes the Stage-I audio features (WavLM-Large last layer ‖ 35 EDGE librosa features) at "
+                   "25 fps for any length of audio; one row per output video frame.")
+    CATEGORY = "MMGT/audio"
+    FUNCTION = "encode"
+    RETURN_TYPES = (STAGE1_AUDIO_TYPE, "FLOAT", "INT")
+    RETURN_NAMES = ("audio_features", "duration_s", "frames")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "audio": ("AUDIO", {"tooltip": "Speech (any rate, any channels; mixed to mono)."}),
+            "wavlm": (WAVLM_TYPE, {"tooltip": "From MMGT Load WavLM."}),
+        }}
+
+    def encode(self, audio: dict[str, Any], wavlm: LoadedWavLM) -> tuple[Stage1Audio, float, int]:
+        with node_errors("MMGT Stage-I Audio Features"):
+            mono, rate = audio_to_mono(audio)
+            duration = duration_seconds(mono.shape[0], rate)
+            features = stage1_features(mono, rate, wavlm.encoder, device=wavlm.device, dtype=wavlm.dtype,
+                                       progress=host.progress_reporter(1), check_cancel=host.check_cancel)
+        return Stage1Audio(features, duration, is_silent(mono)), duration, int(features.shape[0])
+
+
+class ReferencePose:
+    DESCRIPTION = ("Finds the speaker's whole-body keypoints in the reference image (DWPose ONNX files from "
+                   "models/mmgt/dwpose, or the optional MediaPipe fallback). Takes the largest person.")
+    CATEGORY = "MMGT/pose"
+    FUNCTION = "detect"
+    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
+    RETURN_NAMES = ("reference_pose", "notes")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        onnx_files = [f for f in host.list_model_files() if f.endswith(".onnx")]
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The reference image (first image of the batch is used)."}),
+            "backend": (["auto", "dwpose", "mediapipe"], {"default": "auto", "tooltip": "auto: DWPose when its "
+                                                          "two ONNX files are present, else MediaPipe if installed."}),
+            "detector": (["dwpose/yolox_l.onnx", *onnx_files], {"tooltip": "DWPose person detector (yolox_l.onnx)."}),
+            "pose_model": (["dwpose/dw-ll_ucoco_384.onnx", *onnx_files],
+                           {"tooltip": "DWPose whole-body model (dw-ll_ucoco_384.onnx)."}),
+        }}
+
+    def detect(self, image: torch.Tensor, backend: str, detector: str, pose_model: str) -> tuple[PoseSequence, str]:
+        from mmgt_core.pose_detect import detect_reference_pose
+
+        with node_errors("MMGT Reference Pose"):
+            picture = image_to_uint8_frames(image)[0].numpy()
+            paths = None
+            if backend != "mediapipe":
+                try:
+                    paths = (host.resolve_model_path(detector), host.resolve_model_path(pose_model))
+                except Exception:
+                    if backend == "dwpose":
+                        raise
+            result = detect_reference_pose(picture, backend=backend, dwpose_paths=paths)
+            keypoints = torch.as_tensor(np.asarray(result.keypoints), dtype=torch.float32)[None]
+            sequence = PoseSequence(keypoints, picture.shape[1], picture.shape[0], float(VIDEO_FPS))
+        return sequence, result.message
+
+
+class AudioToPose:
+    DESCRIPTION = ("Generates whole-body keypoints from Stage-I audio features with SMGA (DDIM, classifier-free "
+                   "guidance), for any audio length: 80-frame windows, each continuing from the previous one. "
+                   "Frame 0 is the reference pose, as in the official code.")
+    CATEGORY = "MMGT/pose"
+    FUNCTION = "generate"
+    RETURN_TYPES = (KEYPOINTS_TYPE,)
+    RETURN_NAMES = ("keypoints",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "smga": (SMGA_TYPE, {"tooltip": "From MMGT Load SMGA."}),
+            "audio_features": (STAGE1_AUDIO_TYPE, {"tooltip": "From MMGT Stage-I Audio Features."}),
+            "reference_pose": KEYPOINTS_INPUT,
+            "seed": ("INT", {"default": 42, "min": 0, "max": 2**63 - 1, "tooltip": "Same seed, same motion."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "DDIM steps (official: 50)."}),
+            "guidance": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 20.0, "step": 0.1,
+                                   "tooltip": "Classifier-free guidance weight (official: 2)."}),
+            "overlap": ("INT", {"default": 8, "min": 1, "max": 40, "tooltip": "Frames each 80-frame window shares "
+                                                                             "with the previous one (seam-free "
+                                                                             "continuation)."}),
+            "best_of": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": "Draw N continuations per window and "
+                                                                            "keep the smoothest (slower)."}),
+            "smoothing": (["none", "official"], {"default": "none", "tooltip": "official: the cubic-spline "
+                                                                              "smoothing of the released script."}),
+        }}
+
+    def generate(self, smga: LoadedSMGA, audio_features: Stage1Audio, reference_pose: PoseSequence, seed: int,
+                 steps: int, guidance: float, overlap: int, best_of: int, smoothing: str) -> tuple[PoseSequence]:
+        with node_errors("MMGT Audio → Pose"):
+            reference_feature = mask_leg_normalized(to_official_feature(reference_pose)[:1])[0]
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            frames = int(audio_features.features.shape[0])
+            windows = max(1, -(-max(frames - 80, 0) // max(80 - overlap, 1)) + 1)
+            poses = generate_pose_sequence(
+                smga.model, audio_features.features, reference_feature, generator, steps=steps, guidance=guidance,
+                overlap=overlap, best_of=best_of, smooth=smoothing, progress=host.progress_reporter(steps * windows),
+                check_cancel=host.check_cancel, dtype=smga.dtype)
+            sequence = from_official_feature(poses, reference_pose.width, reference_pose.height, float(VIDEO_FPS))
+        return (sequence,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "MMGT_LoadSMGA": LoadSMGA,
+    "MMGT_LoadWavLM": LoadWavLM,
+    "MMGT_Stage1AudioFeatures": Stage1AudioFeatures,
+    "MMGT_ReferencePose": ReferencePose,
+    "MMGT_AudioToPose": AudioToPose,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MMGT_LoadSMGA": "MMGT Load SMGA",
+    "MMGT_LoadWavLM": "MMGT Load WavLM",
+    "MMGT_Stage1AudioFeatures": "MMGT Stage-I Audio Features",
+    "MMGT_ReferencePose": "MMGT Reference Pose",
+    "MMGT_AudioToPose": "MMGT Audio → Pose",
+}
