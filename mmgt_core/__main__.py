@@ -8,9 +8,13 @@ import sys
 
 
 def _convert(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
     from .convert import convert_checkpoint
 
-    component, config = convert_checkpoint(args.input, args.output)
+    video_config = json.loads(Path(args.video_config).read_text()) if args.video_config else None
+    component, config = convert_checkpoint(args.input, args.output, video_config)
     print(f"wrote {args.output}: component={component} config={config}")
     return 0
 
@@ -35,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "metadata (component, config, source)")
     convert.add_argument("input", help="official checkpoint: audio2pose_best_model.pt, net-*.pth or WavLM-Large.pt")
     convert.add_argument("output", help="the .safetensors file to write")
+    convert.add_argument("--video-config", help="JSON of a VideoNetConfig for a non-SD1.5-size video net "
+                                                "(default: the released SD1.5 sizes)")
     convert.set_defaults(func=_convert)
     bench = sub.add_parser("bench", help="benchmarks: 'smga' (Stage I) or 'video' (Stage II); --help after the "
                                          "target lists their options")

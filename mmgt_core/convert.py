@@ -57,7 +57,24 @@ def infer_video_net_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return config
 
 
-def convert_checkpoint(source: str | Path, target: str | Path) -> tuple[str, dict[str, Any]]:
+def video_net_config_for(state: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The VideoNetConfig dict to store: the given one, else the released SD1.5 sizes; checked against the shapes."""
+    from .video.config import VideoNetConfig
+    from .video.net import VideoNet
+
+    chosen = VideoNetConfig.from_dict(config) if config else VideoNetConfig.sd15()
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in VideoNet(chosen, zero_init=False).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        sizes = infer_video_net_config(state)
+        raise WeightsError(f"the video net's shapes ({sizes}) do not match the config; pass the matching "
+                           "VideoNetConfig JSON with --video-config.")
+    return chosen.to_dict()
+
+
+def convert_checkpoint(source: str | Path, target: str | Path, video_config: Mapping[str, Any] | None = None
+                       ) -> tuple[str, dict[str, Any]]:
     """Convert ``source`` (official .pt/.pth or safetensors) to our safetensors; returns (component, config)."""
     state, metadata = load_weights(source)
     component = detect_component(state, metadata)
@@ -69,7 +86,7 @@ def convert_checkpoint(source: str | Path, target: str | Path) -> tuple[str, dic
     if component == COMPONENT_SMGA:
         config = infer_smga_config(state)
     elif component == COMPONENT_VIDEO_NET:
-        config = infer_video_net_config(state)
+        config = video_net_config_for(state, video_config)
     elif component == COMPONENT_UNKNOWN:
         raise WeightsError(f"'{Path(source).name}' is not an MMGT checkpoint this tool knows (SMGA "
                            "audio2pose_best_model.pt, Stage-II net-*.pth, or unilm WavLM-Large.pt).")

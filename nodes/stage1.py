@@ -12,8 +12,8 @@ from mmgt_core.audio.stage1 import stage1_features
 from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds, is_silent, to_mono
 from mmgt_core.audio.wavlm import WavLMEncoder, load_wavlm
 from mmgt_core.errors import InputError
-from mmgt_core.keypoints import PoseSequence, from_official_feature, mask_leg_normalized, to_official_feature
-from mmgt_core.smga.generate import generate_pose_sequence
+from mmgt_core.keypoints import PoseSequence
+from mmgt_core.pipeline import pose_from_features, smga_total_steps
 from mmgt_core.smga.model import GestureDecoder, load_smga
 
 from . import host
@@ -216,15 +216,12 @@ class AudioToPose:
     def generate(self, smga: LoadedSMGA, audio_features: Stage1Audio, reference_pose: PoseSequence, seed: int,
                  steps: int, guidance: float, overlap: int, best_of: int, smoothing: str) -> tuple[PoseSequence]:
         with node_errors("MMGT Audio → Pose"):
-            reference_feature = mask_leg_normalized(to_official_feature(reference_pose)[:1])[0]
-            generator = torch.Generator(device="cpu").manual_seed(seed)
             frames = int(audio_features.features.shape[0])
-            windows = max(1, -(-max(frames - 80, 0) // max(80 - overlap, 1)) + 1)
-            poses = generate_pose_sequence(
-                smga.model, audio_features.features, reference_feature, generator, steps=steps, guidance=guidance,
-                overlap=overlap, best_of=best_of, smooth=smoothing, progress=host.progress_reporter(steps * windows),
-                check_cancel=host.check_cancel, dtype=smga.dtype)
-            sequence = from_official_feature(poses, reference_pose.width, reference_pose.height, float(VIDEO_FPS))
+            sequence = pose_from_features(
+                smga.model, audio_features.features, reference_pose, seed, steps=steps, guidance=guidance,
+                overlap=overlap, best_of=best_of, smoothing=smoothing, dtype=smga.dtype,
+                progress=host.progress_reporter(smga_total_steps(frames, steps, overlap)),
+                check_cancel=host.check_cancel)
         return (sequence,)
 
 

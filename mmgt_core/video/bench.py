@@ -1,0 +1,372 @@
+"""Speed and memory benchmark of Stage-II video generation with the real-size network (random weights).
+
+Run: ``python -m mmgt_core bench video [--frames 24 96] [--steps 1] [--size 256 256] [--no-fp32]``.
+
+What it measures, all in one process on the same machine and dtype (bf16 by default, never fp16 on CPU):
+
+* ``unet_s_per_frame_step``: seconds of the denoising loop (all context windows, CFG batch [uncond; cond], pose
+  guider per window, blending, DDIM) per output frame per step, at the default settings (12-frame windows,
+  overlap 4, open schedule);
+* ``ratio_to_sd15``: that divided by one plain diffusers SD1.5 ``UNet2DConditionModel`` forward (batch 1, same
+  latent size, 77 context tokens, same dtype) - i.e. the cost of one frame-step in "SD1.5 image forwards";
+* the split of a whole video across audio (wav2vec2-base-size features + AudioProj), masks, reference pass, UNet
+  loop and VAE decode (the loop at ``steps`` steps; ``projected_30_steps_s`` scales it to the released 30);
+* peak memory: the process RSS peak above the loaded-model baseline while generating each length (a polling
+  thread reads the RSS every 20 ms), and the 96/24 ratio;
+* bf16 vs fp32: one denoising-window forward (batch 2 x 12 frames) in both dtypes on the same weights.
+
+Building the real-size nets takes ~2.3 G parameters (about 9 GB while in fp32, 4.6 GB in bf16); ``--tiny``
+runs the same code on a toy configuration to check the plumbing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from mmgt_core.video.conditioning import branch_masks_from_regions
+from mmgt_core.video.config import (
+    AudioProjConfig,
+    MotionModuleConfig,
+    PoseGuiderConfig,
+    UNetConfig,
+    VideoNetConfig,
+)
+from mmgt_core.video.decode import decode_latents
+from mmgt_core.video.motion_module import PositionalEncoding, sinusoidal_table
+from mmgt_core.video.net import VideoNet, build_video_net
+from mmgt_core.video.sampler import (
+    SamplingSettings,
+    VideoConditioning,
+    VideoDenoiser,
+    initial_latents,
+    project_audio,
+    reference_for_video,
+)
+from mmgt_core.video.scheduler import DEFAULT_STEPS, ddim_step, inference_timesteps, make_scheduler
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SD15_TEXT_TOKENS = 77
+WEIGHT_SEED = 2024
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Random real-size models
+
+
+def fill_random_(module: nn.Module, seed: int = WEIGHT_SEED) -> nn.Module:
+    """Give every parameter sane random values (fan-in scaled normal, unit norms, small biases) and rebuild the
+    motion-module position tables; storage from ``to_empty`` is garbage (possibly NaN/denormals, which are slow)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if parameter.ndim >= 2:
+                fan_in = parameter[0].numel()
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / fan_in**0.5)
+            elif name.endswith("weight"):
+                parameter.fill_(1.0)
+            else:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+        for sub in module.modules():
+            if isinstance(sub, PositionalEncoding):
+                sub.pe.copy_(sinusoidal_table(sub.pe.shape[1], sub.pe.shape[2]))
+    return module
+
+
+def random_video_net(config: VideoNetConfig, dtype: torch.dtype) -> VideoNet:
+    """The video net with random weights, built without ever holding a second copy."""
+    return fill_random_(build_video_net(config, dtype)).eval()
+
+
+def random_sd15_unet(unet: UNetConfig, dtype: torch.dtype) -> nn.Module:
+    """A plain diffusers ``UNet2DConditionModel`` of the same size (the baseline)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        model = UNet2DConditionModel(**unet.diffusers_config())
+    return fill_random_(model.to(dtype).to_empty(device="cpu")).eval()
+
+
+def random_vae(tiny: bool, dtype: torch.dtype) -> nn.Module:
+    """AutoencoderKL with the sd-vae-ft-mse layout (or a toy one)."""
+    from diffusers import AutoencoderKL
+
+    channels = (16, 16, 16, 16) if tiny else (128, 256, 512, 512)
+    blocks = 4
+    with torch.device("meta"):
+        vae = AutoencoderKL(block_out_channels=channels, down_block_types=("DownEncoderBlock2D",) * blocks,
+                            up_block_types=("UpDecoderBlock2D",) * blocks, layers_per_block=1 if tiny else 2,
+                            norm_num_groups=16 if tiny else 32, latent_channels=4, sample_size=512)
+    return fill_random_(vae.to(dtype).to_empty(device="cpu")).eval()
+
+
+def random_wav2vec(tiny: bool) -> nn.Module:
+    """wav2vec2-base-size ``Wav2Vec2Model`` (or a toy one), float32 like the official audio path."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    config = Wav2Vec2Config() if not tiny else Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+        conv_dim=(32,) * 7, num_conv_pos_embedding_groups=16)
+    torch.manual_seed(WEIGHT_SEED)
+    return Wav2Vec2Model(config).eval()
+
+
+def tiny_config() -> VideoNetConfig:
+    """A toy network with the real layout, for checking the benchmark itself quickly."""
+    return VideoNetConfig(
+        unet=UNetConfig(block_out_channels=(32, 32, 32, 32), cross_attention_dim=32, attention_heads=8),
+        motion=MotionModuleConfig(),
+        audio=replace(VideoNetConfig().audio, audio_attention_dim=48),
+        audio_proj=AudioProjConfig(blocks=4, channels=32, intermediate_dim=64, output_dim=48),
+        pose_guider=PoseGuiderConfig(embedding_channels=32),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measuring helpers
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+
+class PeakRSS:
+    """Context manager: the highest RSS seen (polled every 20 ms) above the RSS at entry."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.baseline = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> PeakRSS:
+        self.baseline = self.peak = _rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def increase_mib(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+
+def _timed(function: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def _median_time(function: Callable[[], Any], repeats: int) -> float:
+    return statistics.median(_timed(function)[0] for _ in range(repeats))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic inputs
+
+
+def _synthetic_inputs(frames: int, width: int, height: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A pose video (uint8), moving face/lips/hands boxes, and a speech-like waveform of the same length."""
+    generator = torch.Generator().manual_seed(seed)
+    pose = (torch.rand(frames, height, width, 3, generator=generator) * 255).to(torch.uint8)
+    rows, cols = torch.arange(height)[None, :, None], torch.arange(width)[None, None, :]
+    shift = (torch.arange(frames) % 8)[:, None, None]
+    face = ((rows >= height // 8 + shift) & (rows < height // 2) & (cols >= width // 3) & (cols < 2 * width // 3))
+    lips = face & (rows >= height // 3)
+    hands = (rows >= 2 * height // 3) & (cols + shift < width // 4)
+    samples = round(frames / 25 * 16000)
+    wave = torch.sin(torch.arange(samples) * 0.05) * (1 + torch.rand(samples, generator=generator)) * 0.3
+    return {"pose": pose, "face_hands": (face | hands).float(), "lips": lips.float(), "hands": hands.float(),
+            "wave": wave}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def _generate(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, settings: SamplingSettings,
+              dtype: torch.dtype) -> dict[str, float]:
+    """One whole video, timed piece by piece with the library's public functions."""
+    from mmgt_core.audio.wav2vec import wav2vec2_features
+
+    inputs = _synthetic_inputs(frames, settings.width, settings.height)
+    split: dict[str, float] = {}
+    split["audio_s"], tokens = _timed(lambda: project_audio(
+        net.audioproj, wav2vec2_features(wav2vec, inputs["wave"], 16000)[0][:frames]))
+    split["masks_s"], masks = _timed(lambda: branch_masks_from_regions(
+        inputs["face_hands"], inputs["lips"], inputs["hands"], settings.width, settings.height))
+    embed_dim = net.config.unet.cross_attention_dim
+    latent_hw = (settings.height // 8, settings.width // 8)
+    cond = VideoConditioning(image_embeds=torch.randn(1, embed_dim), pose_frames=inputs["pose"], masks=masks,
+                             reference_latent=torch.randn(1, 4, *latent_hw, dtype=dtype) * 0.5,
+                             audio_tokens=tokens)
+    split["reference_s"], reference = _timed(lambda: reference_for_video(net, cond))
+    denoiser = VideoDenoiser(net, cond, settings, reference)
+    scheduler = make_scheduler()
+    timesteps = inference_timesteps(scheduler, settings.steps)
+    latents = initial_latents(torch.Generator().manual_seed(0), frames, settings.width, settings.height)
+    start = time.perf_counter()
+    for timestep in timesteps:
+        latents = ddim_step(scheduler, denoiser.predict(latents, timestep), timestep, latents)
+    split["unet_loop_s"] = time.perf_counter() - start
+    split["windows_per_step"] = len(denoiser.windows)
+    split["decode_s"], _ = _timed(lambda: decode_latents(vae, latents, chunk_frames=4))
+    return split
+
+
+def _window_forward(net: VideoNet, settings: SamplingSettings, dtype: torch.dtype) -> Callable[[], Any]:
+    """One CFG-batch forward of a full context window (the unit of the sampling loop)."""
+    frames, (h, w) = settings.context_frames, (settings.height // 8, settings.width // 8)
+    unet = net.denoising_unet
+    audio = net.config.audio.audio_attention_dim
+    embed_dim = net.config.unet.cross_attention_dim
+    masks = branch_masks_from_regions(torch.zeros(frames, settings.height, settings.width),
+                                      torch.zeros(frames, settings.height, settings.width), None,
+                                      settings.width, settings.height)
+    cond = VideoConditioning(torch.randn(1, embed_dim), torch.randn(1, 4, h, w), torch.zeros(frames, 8, 8, 3,
+                             dtype=torch.uint8), masks)
+    reference = reference_for_video(net, cond)
+    sample = torch.randn(2, 4, frames, h, w, dtype=dtype)
+    context = torch.randn(2, 1, embed_dim, dtype=dtype)
+    tokens = torch.randn(2, frames, net.config.audio_proj.context_tokens, audio, dtype=dtype)
+    pose = torch.randn(1, unet.conv_in.out_channels, frames, h, w, dtype=dtype)
+
+    def run() -> None:
+        with torch.no_grad():
+            unet(sample, 500, context, audio_tokens=tokens, pose_features=pose, masks=masks,
+                 reference=reference, reference_rows=(False, True))
+
+    return run
+
+
+def _sd15_forward_seconds(unet_config: UNetConfig, settings: SamplingSettings, dtype: torch.dtype,
+                          repeats: int) -> float:
+    baseline = random_sd15_unet(unet_config, dtype)
+    sample = torch.randn(1, 4, settings.height // 8, settings.width // 8, dtype=dtype)
+    context = torch.randn(1, SD15_TEXT_TOKENS, unet_config.cross_attention_dim, dtype=dtype)
+
+    def run() -> None:
+        with torch.no_grad():
+            baseline(sample, 500, encoder_hidden_states=context, return_dict=False)
+
+    run()  # warm-up
+    return _median_time(run, repeats)  # the baseline model is freed when this returns
+
+
+def run_video_bench(
+    frames: Sequence[int] = (24, 96),
+    steps: int = 1,
+    width: int = 256,
+    height: int = 256,
+    dtype: str = "bf16",
+    compare_fp32: bool = True,
+    repeats: int = 3,
+    threads: Optional[int] = None,
+    tiny: bool = False,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Run the benchmark (see the module docstring) and return a JSON-able dict; prints a summary if verbose."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    log = print if verbose else (lambda *_args, **_kw: None)
+    config = tiny_config() if tiny else VideoNetConfig.sd15()
+    settings = SamplingSettings(width=width, height=height, steps=steps)
+    target = DTYPES[dtype]
+    results: dict[str, Any] = {"size": [width, height], "steps": steps, "dtype": dtype, "tiny": tiny,
+                               "threads": torch.get_num_threads(), "settings": vars(settings).copy()}
+    log(f"[video bench] building the {'toy' if tiny else 'real-size'} network ...")
+    build_dtype = torch.float32 if compare_fp32 and target != torch.float32 else target
+    build_s, net = _timed(lambda: random_video_net(config, build_dtype))
+    results["build_s"] = build_s
+    results["parameters"] = sum(p.numel() for p in net.parameters())
+    if build_dtype != target:
+        fp32_window = _window_forward(net, settings, torch.float32)
+        fp32_window()  # warm-up
+        results["window_forward_fp32_s"] = _median_time(fp32_window, max(1, repeats - 1))
+        net = net.to(target)
+    window = _window_forward(net, settings, target)
+    window()
+    results[f"window_forward_{dtype}_s"] = _median_time(window, repeats)
+    if "window_forward_fp32_s" in results:
+        results["bf16_speedup"] = results["window_forward_fp32_s"] / results[f"window_forward_{dtype}_s"]
+        log(f"[video bench] one window forward: fp32 {results['window_forward_fp32_s']:.2f}s, {dtype} "
+            f"{results[f'window_forward_{dtype}_s']:.2f}s -> {dtype} is {results['bf16_speedup']:.2f}x faster")
+    results["sd15_forward_s"] = _sd15_forward_seconds(config.unet, settings, target, repeats)
+    log(f"[video bench] plain SD1.5 UNet forward (batch 1, {height // 8}x{width // 8} latents, {dtype}): "
+        f"{results['sd15_forward_s']:.3f}s")
+    vae, wav2vec = random_vae(tiny, target), random_wav2vec(tiny)
+    results["runs"] = [_length_run(net, vae, wav2vec, count, settings, target, results["sd15_forward_s"], log)
+                       for count in frames]
+    if len(results["runs"]) >= 2:
+        first, last = results["runs"][0], results["runs"][-1]
+        results["peak_memory_ratio"] = last["peak_rss_increase_mib"] / max(first["peak_rss_increase_mib"], 1e-6)
+        log(f"[video bench] peak memory {last['frames']} vs {first['frames']} frames: "
+            f"{results['peak_memory_ratio']:.2f}x")
+    return results
+
+
+def _length_run(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, settings: SamplingSettings,
+                dtype: torch.dtype, sd15_s: float, log: Callable[..., None]) -> dict[str, Any]:
+    with PeakRSS() as memory:
+        split = _generate(net, vae, wav2vec, frames, settings, dtype)
+    per_frame_step = split["unet_loop_s"] / (frames * settings.steps)
+    loop_30 = split["unet_loop_s"] / settings.steps * DEFAULT_STEPS
+    once = split["audio_s"] + split["masks_s"] + split["reference_s"] + split["decode_s"]
+    run = {"frames": frames, **split, "unet_s_per_frame_step": per_frame_step,
+           "ratio_to_sd15": per_frame_step / sd15_s, "projected_30_steps_s": loop_30 + once,
+           "peak_rss_increase_mib": memory.increase_mib, "peak_rss_mib": memory.peak / 2**20}
+    log(f"[video bench] {frames} frames, {settings.steps} step(s), {split['windows_per_step']} windows/step: "
+        f"{per_frame_step:.3f} s per frame-step = {run['ratio_to_sd15']:.2f} SD1.5 forwards; split: audio "
+        f"{split['audio_s']:.1f}s, masks {split['masks_s']:.1f}s, reference {split['reference_s']:.1f}s, UNet loop "
+        f"{split['unet_loop_s']:.1f}s, VAE decode {split['decode_s']:.1f}s; 30 steps would take "
+        f"{run['projected_30_steps_s'] / 60:.1f} min; peak RSS +{memory.increase_mib:.0f} MiB")
+    return run
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmgt_core bench video", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, nargs="+", default=[24, 96], help="video lengths to generate")
+    parser.add_argument("--steps", type=int, default=1, help="denoising steps per video (30 = released)")
+    parser.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("W", "H"))
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--no-fp32", action="store_true", help="skip the fp32 window comparison (saves ~5 GB)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--tiny", action="store_true", help="toy network: checks the benchmark code quickly")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    results = run_video_bench(args.frames, args.steps, args.size[0], args.size[1], args.dtype, not args.no_fp32,
+                              args.repeats, args.threads, args.tiny)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

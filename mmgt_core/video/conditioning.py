@@ -1,0 +1,280 @@
+"""Stage-II conditioning: CLIP image embedding, reference latent, pose frames and the MM-HAA branch masks.
+
+Everything here follows ``Pose2VideoPipeline`` of the official code (spec 3.2, 3.7, 3.8, 2.3-2.4):
+
+* CLIP: ``ref.resize((224, 224))`` (PIL bicubic) then ``CLIPImageProcessor()`` defaults (shortest edge 224, center
+  crop 224, OpenAI mean/std) -> ``image_embeds`` (1, D).
+* Reference latent: the image resized to the output size with LANCZOS, scaled to [-1, 1],
+  ``vae.encode(x).latent_dist.mean * 0.18215``. A reference of another aspect ratio than the output is
+  **cover-resized and center-cropped** (the largest centered crop of the output's aspect ratio is resized in one
+  LANCZOS pass); for the same aspect ratio that is exactly the official plain resize.
+* Pose frames: RGB in [0, 1] at the output size (diffusers ``VaeImageProcessor(do_normalize=False)``: LANCZOS,
+  ``/255``), converted one context window at a time so memory does not grow with the video length.
+* Masks: the official pyramid (:mod:`mmgt_core.masks`) per latent level, flattened to ``(T, h_k * w_k)``, and the
+  three branch masks ``full`` (attn2_0), ``face`` (attn2_1), ``body`` (attn2_2) composed in one of three modes:
+
+  =========== ============================= ============ =====
+  mode        full                          face         body
+  =========== ============================= ============ =====
+  released    1 + lips (default; Q10)       face+hands   lips
+  paper       1 - (face+hands) (background) face+hands   lips
+  training    hands                         face+hands   lips
+  =========== ============================= ============ =====
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from mmgt_core.errors import InputError, WeightsError
+
+VAE_SCALING = 0.18215
+CLIP_INPUT_SIZE = 224
+SIZE_MULTIPLE = 64  # four latent levels (x8, x16, x32, x64) must tile the frame exactly
+MASK_MODES = ("released", "paper", "training")
+
+ImageLike = Image.Image | torch.Tensor | np.ndarray
+"""A PIL image, or an (H, W, 3) array/tensor: uint8 0..255 or float 0..1 (ComfyUI IMAGE frames)."""
+
+
+@dataclass
+class BranchMasks:
+    """MM-HAA masks per latent level (level k: ``(T, h_k * w_k)`` float32), in branch order full/face/body."""
+
+    full: list[torch.Tensor]
+    face: list[torch.Tensor]
+    body: list[torch.Tensor]
+
+    @property
+    def frames(self) -> int:
+        """Number of frames the masks cover."""
+        return int(self.full[0].shape[0])
+
+    def select(self, frames: torch.Tensor) -> BranchMasks:
+        """The masks of the given frame indices (one context window)."""
+        return BranchMasks(*([level[frames] for level in levels] for levels in (self.full, self.face, self.body)))
+
+
+def check_output_size(width: int, height: int) -> None:
+    """Raise InputError unless both sides are positive multiples of 64 (any aspect ratio is fine)."""
+    if width <= 0 or height <= 0 or width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
+        raise InputError(
+            "width/height",
+            f"{width}x{height} is not supported: both sides must be multiples of {SIZE_MULTIPLE}.",
+            f"use e.g. {max(SIZE_MULTIPLE, round(width / SIZE_MULTIPLE) * SIZE_MULTIPLE)}x"
+            f"{max(SIZE_MULTIPLE, round(height / SIZE_MULTIPLE) * SIZE_MULTIPLE)}.",
+        )
+
+
+def to_pil(image: ImageLike) -> Image.Image:
+    """A PIL RGB image from PIL / uint8 / float [0, 1] (H, W, 3) input (floats are rounded to 0..255)."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise InputError("image", f"expected an (H, W, 3) image, got shape {tuple(array.shape)}",
+                         "pass a single RGB image.")
+    if array.dtype != np.uint8:
+        array = np.clip(np.round(array.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array[..., :3]))
+
+
+def cover_resize(image: Image.Image, width: int, height: int, resample: int = Image.Resampling.LANCZOS) -> Image.Image:
+    """Resize to ``width x height`` keeping the aspect ratio: the centered crop of that aspect, one resize."""
+    src_w, src_h = image.size
+    if src_w * height > src_h * width:  # source is wider: crop the sides
+        crop_w, crop_h = src_h * width / height, float(src_h)
+    else:
+        crop_w, crop_h = float(src_w), src_w * height / width
+    left, top = (src_w - crop_w) / 2, (src_h - crop_h) / 2
+    box = (left, top, left + crop_w, top + crop_h)
+    if (image.size == (width, height)) and box == (0, 0, src_w, src_h):
+        return image.copy()
+    return image.resize((width, height), resample=resample, box=box)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLIP image embedding
+
+
+def load_clip_image_encoder(model_dir: str | Path, device: torch.device | str = "cpu",
+                            dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A local ``CLIPVisionModelWithProjection`` folder (e.g. ``sd-image-variations-diffusers/image_encoder``)."""
+    from transformers import CLIPVisionModelWithProjection
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise WeightsError(
+            f"CLIP image encoder folder '{model_dir}' has no config.json. Use the 'image_encoder' folder of "
+            "'lambdalabs/sd-image-variations-diffusers' (CLIP ViT-L/14 with projection)."
+        )
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise WeightsError(f"could not load the CLIP image encoder from '{model_dir}': {error}") from error
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def clip_pixel_values(image: ImageLike) -> torch.Tensor:
+    """Official CLIP input (1, 3, 224, 224): PIL bicubic resize to 224x224, then CLIPImageProcessor defaults."""
+    from transformers import CLIPImageProcessor
+
+    resized = to_pil(image).resize((CLIP_INPUT_SIZE, CLIP_INPUT_SIZE), resample=Image.Resampling.BICUBIC)
+    return CLIPImageProcessor().preprocess(resized, return_tensors="pt").pixel_values
+
+
+def clip_image_embeds(encoder: nn.Module | Callable[[torch.Tensor], Any], image: ImageLike) -> torch.Tensor:
+    """``image_embeds`` (1, D) float32 of the reference image, from a loaded CLIP vision model or callable.
+
+    ``encoder`` is a ``CLIPVisionModelWithProjection`` or any callable mapping pixel values (1, 3, 224, 224) to
+    an object with ``image_embeds`` or to the (1, D) tensor itself (e.g. a host's CLIP vision wrapper).
+    """
+    pixels = clip_pixel_values(image)
+    if isinstance(encoder, nn.Module):
+        parameter = next(encoder.parameters())
+        pixels = pixels.to(device=parameter.device, dtype=parameter.dtype)
+    with torch.no_grad():
+        output = encoder(pixels)
+    embeds = getattr(output, "image_embeds", output)
+    if isinstance(embeds, (tuple, list)):
+        embeds = embeds[0]
+    if not isinstance(embeds, torch.Tensor) or embeds.ndim != 2:
+        raise InputError("clip_vision", "the CLIP vision model did not return (1, D) image embeddings",
+                         "use a CLIP vision model with a projection head (ViT-L/14 from sd-image-variations).")
+    return embeds.float().cpu()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference image -> VAE latent
+
+
+def reference_pixels(image: ImageLike, width: int, height: int) -> torch.Tensor:
+    """The VAE input (1, 3, H, W) in [-1, 1]: cover-resize (LANCZOS) to the output size."""
+    check_output_size(width, height)
+    resized = cover_resize(to_pil(image), width, height)
+    array = np.asarray(resized, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None] * 2.0 - 1.0
+
+
+def reference_latent(vae: nn.Module, image: ImageLike, width: int, height: int) -> torch.Tensor:
+    """``vae.encode(pixels).latent_dist.mean * 0.18215`` -> (1, 4, H/8, W/8) in the VAE's dtype."""
+    from mmgt_core.video.decode import encode_images
+
+    return encode_images(vae, reference_pixels(image, width, height))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pose frames
+
+
+def check_pose_frames(frames: torch.Tensor | np.ndarray) -> None:
+    """Raise InputError unless ``frames`` is a non-empty (T, H, W, 3) stack."""
+    shape = tuple(frames.shape)
+    if len(shape) != 4 or shape[-1] != 3 or shape[0] == 0:
+        raise InputError("pose_frames", f"expected pose images as (frames, H, W, 3), got {shape}",
+                         "pass the rendered pose video (one RGB image per frame).")
+
+
+def pose_window(frames: torch.Tensor | np.ndarray, indices: torch.Tensor | Sequence[int], width: int,
+                height: int) -> torch.Tensor:
+    """Pose frames ``indices`` as the PoseGuider input (1, 3, f, H, W) float32 in [0, 1].
+
+    Frames already at the output size are only converted (uint8 /255, floats as given); others are
+    cover-resized with LANCZOS through uint8, like ``VaeImageProcessor(do_normalize=False)`` on PIL frames.
+    """
+    tensors = [_pose_frame(frames[int(index)], width, height) for index in indices]
+    return torch.stack(tensors, dim=1)[None]
+
+
+def _pose_frame(frame: torch.Tensor | np.ndarray, width: int, height: int) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(frame)) if not isinstance(frame, torch.Tensor) else frame.detach().cpu()
+    if tuple(tensor.shape[:2]) == (height, width):
+        values = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float().clamp(0, 1)
+        return values.permute(2, 0, 1)
+    resized = np.asarray(cover_resize(to_pil(tensor), width, height), dtype=np.float32) / 255.0
+    return torch.from_numpy(resized).permute(2, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masks
+
+
+def compose_branch_masks(face_hands: Sequence[torch.Tensor], lips: Sequence[torch.Tensor],
+                         hands: Optional[Sequence[torch.Tensor]] = None, mode: str = "released") -> BranchMasks:
+    """Branch masks from per-level pyramids (each level (T, h, w) or (T, h*w)) in the chosen mode."""
+    if mode not in MASK_MODES:
+        raise InputError("mask_mode", f"unknown mode '{mode}'", f"use one of {MASK_MODES}.")
+    if mode == "training" and hands is None:
+        raise InputError("hands_mask", "mask mode 'training' uses the hands mask as the full mask, but none was given",
+                         "connect a hands mask or use mask mode 'released'.")
+    face = [_flat(level) for level in face_hands]
+    body = [_flat(level) for level in lips]
+    if mode == "released":
+        full = [1.0 + level for level in body]
+    elif mode == "paper":
+        full = [(1.0 - level).clamp(0.0, 1.0) for level in face]
+    else:
+        full = [_flat(level) for level in hands]
+    return BranchMasks(full=full, face=face, body=body)
+
+
+def branch_masks_from_regions(face_hands: torch.Tensor, lips: torch.Tensor, hands: Optional[torch.Tensor],
+                              width: int, height: int, mode: str = "released") -> BranchMasks:
+    """Branch masks from (T, H, W) region masks in [0, 1] (or uint8), via the official blur + level pyramid."""
+    from mmgt_core import masks as motion
+
+    check_output_size(width, height)
+    _check_mask("face_hands_mask", face_hands)
+    _check_mask("lips_mask", lips, frames=face_hands.shape[0])
+    levels_face = motion.mask_pyramid(cover_crop_mask(face_hands, width, height), motion.FACE_BLUR_KERNEL,
+                                      width, height)
+    levels_lips = motion.mask_pyramid(cover_crop_mask(lips, width, height), motion.LIPS_BLUR_KERNEL, width, height)
+    levels_hands = None
+    if hands is not None:
+        _check_mask("hands_mask", hands, frames=face_hands.shape[0])
+        levels_hands = motion.mask_pyramid(cover_crop_mask(hands, width, height), motion.HANDS_BLUR_KERNEL,
+                                           width, height)
+    return compose_branch_masks(levels_face, levels_lips, levels_hands, mode)
+
+
+def cover_crop_mask(mask: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Center-crop (T, H, W) masks to the output aspect ratio (the pose frames get the same cover crop)."""
+    mask_h, mask_w = int(mask.shape[1]), int(mask.shape[2])
+    if mask_w * height == mask_h * width:
+        return mask
+    if mask_w * height > mask_h * width:
+        keep = round(mask_h * width / height)
+        left = (mask_w - keep) // 2
+        return mask[:, :, left:left + keep]
+    keep = round(mask_w * height / width)
+    top = (mask_h - keep) // 2
+    return mask[:, top:top + keep, :]
+
+
+def zero_branch_masks(frames: int, width: int, height: int, mode: str = "released") -> BranchMasks:
+    """Masks for a run without motion masks: every region empty (released full mask = 1)."""
+    check_output_size(width, height)
+    levels = [torch.zeros(frames, (height // s) * (width // s)) for s in (8, 16, 32, 64)]
+    return compose_branch_masks(levels, levels, levels, "released" if mode == "training" else mode)
+
+
+def _flat(level: torch.Tensor) -> torch.Tensor:
+    return level.reshape(level.shape[0], -1).float()
+
+
+def _check_mask(name: str, mask: torch.Tensor, frames: Optional[int] = None) -> None:
+    if mask.ndim != 3:
+        raise InputError(name, f"expected (frames, H, W), got {tuple(mask.shape)}", "pass one mask per frame.")
+    if frames is not None and mask.shape[0] != frames:
+        raise InputError(name, f"has {mask.shape[0]} frames but the face+hands mask has {frames}",
+                         "generate all masks from the same pose sequence.")

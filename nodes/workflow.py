@@ -1,0 +1,112 @@
+"""Workflow helpers: fit external poses to the reference body, mix keypoint sequences, change frame rates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mmgt_core.keypoints import PoseSequence
+from mmgt_core.pose_align import SOURCES, align_to_reference, blend_keypoints
+from mmgt_core.timeline import match_length, resample_frames
+
+from .common import node_errors
+from .pose import KEYPOINTS_INPUT, KEYPOINTS_TYPE
+
+
+class AlignKeypoints:
+    DESCRIPTION = ("Fits external keypoints (another person, another framing) onto the reference person's body: "
+                   "one scale (shoulder width) and shift (neck) for the whole sequence, so the motion is kept and "
+                   "the face and hands are not distorted. Make the motion masks from the aligned keypoints.")
+    CATEGORY = "MMGT/pose"
+    FUNCTION = "align"
+    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
+    RETURN_NAMES = ("keypoints", "notes")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "keypoints": KEYPOINTS_INPUT,
+            "reference_pose": (KEYPOINTS_TYPE, {"tooltip": "The reference person's pose (MMGT Reference Pose)."}),
+        }}
+
+    def align(self, keypoints: PoseSequence, reference_pose: PoseSequence) -> tuple[PoseSequence, str]:
+        with node_errors("MMGT Align Keypoints"):
+            aligned, fit = align_to_reference(keypoints, reference_pose)
+        note = (f"scale {fit.scale:.3f} (by {fit.measured_by}), neck {tuple(round(v, 1) for v in fit.source_anchor)} "
+                f"→ {tuple(round(v, 1) for v in fit.target_anchor)}")
+        return aligned, note
+
+
+class BlendKeypoints:
+    DESCRIPTION = ("Mixes two keypoint sequences part by part (body, face, hands): take each part from A, from B, "
+                   "or blend them, e.g. SMGA lips and face with hand gestures from an external pose.")
+    CATEGORY = "MMGT/pose"
+    FUNCTION = "blend"
+    RETURN_TYPES = (KEYPOINTS_TYPE,)
+    RETURN_NAMES = ("keypoints",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        part = (list(SOURCES), {"default": "blend", "tooltip": "a, b, or a weighted blend of both."})
+        return {"required": {
+            "keypoints_a": (KEYPOINTS_TYPE, {"tooltip": "First sequence (e.g. from MMGT Audio → Pose)."}),
+            "keypoints_b": (KEYPOINTS_TYPE, {"tooltip": "Second sequence (e.g. aligned external keypoints)."}),
+            "weight": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                                 "tooltip": "Share of B where a part is blended."}),
+            "body_from": (part[0], {**part[1], "tooltip": "Body joints and feet from a, b or blend."}),
+            "face_from": (part[0], {**part[1], "tooltip": "Face landmarks (incl. lips) from a, b or blend."}),
+            "hands_from": (part[0], {**part[1], "tooltip": "Hand joints from a, b or blend."}),
+        }}
+
+    def blend(self, keypoints_a: PoseSequence, keypoints_b: PoseSequence, weight: float, body_from: str,
+              face_from: str, hands_from: str) -> tuple[PoseSequence]:
+        with node_errors("MMGT Blend Keypoints"):
+            return (blend_keypoints(keypoints_a, keypoints_b, weight, body_from, face_from, hands_from),)
+
+
+class ResampleFrames:
+    DESCRIPTION = ("Changes the frame rate of a frame batch without touching its duration (nearest frame in "
+                   "time), e.g. a 30 fps pose video to MMGT's 25 fps, or the output video to any fps; with "
+                   "frame_count > 0 it then trims or pads (repeating the last frame) to exactly that many frames.")
+    CATEGORY = "MMGT/pose"
+    FUNCTION = "resample"
+    RETURN_TYPES = ("IMAGE", "FLOAT", "STRING")
+    RETURN_NAMES = ("frames", "fps", "notes")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "frames": ("IMAGE", {"tooltip": "A frame batch, e.g. from Get Video Components."}),
+            "fps_in": ("FLOAT", {"default": 30.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                                 "tooltip": "Frame rate of the input frames."}),
+            "fps_out": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                                  "tooltip": "Wanted frame rate (MMGT works at 25)."}),
+        }, "optional": {
+            "frame_count": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
+                                    "tooltip": "0 keeps the duration; otherwise trim/pad to this many frames "
+                                               "(e.g. the audio's frame count)."}),
+        }}
+
+    def resample(self, frames: torch.Tensor, fps_in: float, fps_out: float, frame_count: int = 0
+                 ) -> tuple[torch.Tensor, float, str]:
+        with node_errors("MMGT Resample Frames"):
+            out = resample_frames(frames, fps_in, fps_out)
+            notes = [f"{frames.shape[0]} frames at {fps_in:g} fps → {out.shape[0]} at {fps_out:g} fps"]
+            if frame_count:
+                out, note = match_length(out, frame_count)
+                if note:
+                    notes.append(note)
+        return out, fps_out, "\n".join(notes)
+
+
+NODE_CLASS_MAPPINGS = {
+    "MMGT_AlignKeypoints": AlignKeypoints,
+    "MMGT_BlendKeypoints": BlendKeypoints,
+    "MMGT_ResampleFrames": ResampleFrames,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MMGT_AlignKeypoints": "MMGT Align Keypoints",
+    "MMGT_BlendKeypoints": "MMGT Blend Keypoints",
+    "MMGT_ResampleFrames": "MMGT Resample Frames",
+}
