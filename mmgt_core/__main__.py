@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--video-config", help="JSON of a VideoNetConfig for a non-SD1.5-size video net "
                                                 "(default: the released SD1.5 sizes)")
     convert.set_defaults(func=_convert)
-    bench = sub.add_parser("bench", help="benchmarks: 'smga' (Stage I) or 'video' (Stage II); --help after the "
-                                         "target lists their options")
+    bench = sub.add_parser("bench", add_help=False,
+                           help="benchmarks: 'smga' (Stage I) or 'video' (Stage II); --help after the target "
+                                "lists their options")
     bench.add_argument("target", choices=["smga", "video"])
     bench.set_defaults(func=_bench)
     for name, help_text in (("generate", "image + audio (or pose) → mp4 with sound, headless"),

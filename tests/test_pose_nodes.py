@@ -99,3 +99,25 @@ def test_node_errors_name_the_node_and_input(speaker_input, tmp_path):
     cls = speaker_input["classes"]["MMGT_PoseKeypointToMMGT"]
     with pytest.raises(MMGTNodeError, match=r"\[MMGT POSE_KEYPOINT → Keypoints\] input 'pose_keypoint'"):
         cls().convert([{"people": [], "canvas_width": 64, "canvas_height": 64}], 25.0)
+
+
+def test_pack_imports_like_comfyui_loads_it(comfy_host):
+    """ComfyUI imports the pack folder by file path under a mangled name; relative imports must work."""
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    name = "custom_nodes_x_ComfyUI-MMGT"
+    spec = importlib.util.spec_from_file_location(name, root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        assert set(module.NODE_CLASS_MAPPINGS) == set(comfy_host["nodes"].NODE_CLASS_MAPPINGS)
+        assert len(module.NODE_CLASS_MAPPINGS) >= 20
+        assert not module.nodes.SKIPPED_MODULES, module.nodes.SKIPPED_MODULES
+        assert not torch.cuda.is_initialized(), "importing the pack must not touch CUDA"
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
