@@ -36,8 +36,9 @@ def pose_from_features(smga: torch.nn.Module, features: torch.Tensor, reference_
 
 def smga_total_steps(frames: int, steps: int, overlap: int, window: int = 80) -> int:
     """Diffusion steps over all windows (for progress bars)."""
-    windows = 1 + max(0, -(-(frames - window) // max(window - overlap, 1)))
-    return steps * windows
+    from .smga.generate import total_diffusion_steps
+
+    return total_diffusion_steps(frames, steps, window, overlap)
 
 
 def branch_masks_for(face_hands: torch.Tensor, lips: torch.Tensor, hands: Optional[torch.Tensor], frames: int,

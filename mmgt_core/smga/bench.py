@@ -13,11 +13,12 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
 
+from .diffusion import cosine_schedule, ddim_timesteps, ddim_update
 from .generate import generate_pose_sequence
 from .model import GestureDecoder, SMGAConfig, init_weights_recipe
 
@@ -39,19 +40,56 @@ def build_bench_model(device: str, dtype: torch.dtype, config: SMGAConfig = SMGA
     return model.to(device=device, dtype=dtype).eval()
 
 
-def _time_generation(model: GestureDecoder, frames: int, steps: int, seed: int) -> float:
-    config = model.config
+def _inputs(config: SMGAConfig, frames: int, seed: int) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     features = 0.5 * torch.randn(frames, config.cond_feature_dim, generator=generator)
     reference = 0.1 * torch.randn(config.nfeats, generator=generator) - 0.3
+    return generator, features, reference
+
+
+def _timed(model: GestureDecoder, work: Callable[[], object]) -> float:
     device = model.input_projection.weight.device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    generate_pose_sequence(model, features, reference, generator, steps=steps, window=config.seq_len)
+    work()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def _time_generation(model: GestureDecoder, frames: int, steps: int, seed: int) -> float:
+    generator, features, reference = _inputs(model.config, frames, seed)
+    return _timed(model, lambda: generate_pose_sequence(model, features, reference, generator, steps=steps,
+                                                        window=model.config.seq_len))
+
+
+@torch.inference_mode()
+def _official_like_window(model: GestureDecoder, features: torch.Tensor, reference: torch.Tensor,
+                          generator: torch.Generator, steps: int) -> torch.Tensor:
+    """One window sampled the way the official code does it: two batch-1 forwards per step, each re-encoding
+    the audio (the official unconditional pass encodes it too, then discards it). For speed comparison only."""
+    device, dtype = model.input_projection.weight.device, model.input_projection.weight.dtype
+    schedule = cosine_schedule().to(device)
+    frame, cond = reference[None].to(device, dtype), features[None].to(device, dtype)
+    x = torch.randn(1, model.config.seq_len, model.config.nfeats, generator=generator).to(device)
+    times = ddim_timesteps(steps)
+    for t, t_next in zip(times[:-1], times[1:]):
+        t_batch = torch.full((1,), t, device=device, dtype=torch.long)
+        model.encode_audio(cond)
+        unconditional = model(x.to(dtype), frame, cond, t_batch, cond_keep=torch.tensor([False], device=device))
+        conditional = model(x.to(dtype), frame, cond, t_batch, cond_keep=torch.tensor([True], device=device))
+        x0 = (unconditional + (conditional - unconditional) * 2.0).float().clamp(-1, 1)
+        if t_next < 0:
+            return x0
+        noise = torch.randn(x.shape, generator=generator).to(device)
+        x, _ = ddim_update(schedule, x, x0, t, t_next, noise)
+    return x
+
+
+def _time_official_like(model: GestureDecoder, steps: int, seed: int) -> float:
+    generator, features, reference = _inputs(model.config, model.config.seq_len, seed)
+    return _timed(model, lambda: _official_like_window(model, features, reference, generator, steps))
 
 
 def run_smga_bench(
@@ -62,9 +100,14 @@ def run_smga_bench(
     repeats: int = 3,
     threads: Optional[int] = None,
     config: SMGAConfig = SMGAConfig(),
+    baseline: bool = False,
     verbose: bool = True,
 ) -> dict:
-    """Time ``generate_pose_sequence`` per dtype and audio length; returns a JSON-able dict of results."""
+    """Time ``generate_pose_sequence`` per dtype and audio length; returns a JSON-able dict of results.
+
+    ``baseline=True`` also times an official-style single window right after each of our runs (same machine
+    load), reported as ``baseline_s_per_audio_s`` and ``speedup``.
+    """
     if threads is not None:
         torch.set_num_threads(threads)
     results: dict = {"device": device, "steps": steps, "threads": torch.get_num_threads(), "runs": []}
@@ -75,30 +118,53 @@ def run_smga_bench(
         model = build_bench_model(device, dtype, config)
         _time_generation(model, config.seq_len, 2, seed=0)  # warm-up: kernels, rotary tables
         for seconds in seconds_of_audio:
-            frames = max(1, round(seconds * FPS))
-            if device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-            timings = [_time_generation(model, frames, steps, seed=run) for run in range(repeats)]
-            median = statistics.median(timings)
-            run = {
-                "dtype": name,
-                "seconds_of_audio": frames / FPS,
-                "median_s": median,
-                "min_s": min(timings),
-                "all_s": timings,
-                "compute_s_per_audio_s": median / (frames / FPS),
-                "peak_rss_mib": _max_rss_mib(),
-            }
-            if device.startswith("cuda"):
-                run["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            run = _bench_one(model, name, seconds, steps, repeats, baseline, device)
             results["runs"].append(run)
             if verbose:
-                print(f"[smga bench] {name} {run['seconds_of_audio']:.1f}s audio: median {median:.2f}s "
-                      f"= {run['compute_s_per_audio_s']:.2f} s/s (min {min(timings):.2f}s), "
-                      f"peak RSS {run['peak_rss_mib']:.0f} MiB"
-                      + (f", peak CUDA {run['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in run else ""))
+                print(_describe(run))
         del model
     return results
+
+
+def _bench_one(model: GestureDecoder, name: str, seconds: float, steps: int, repeats: int, baseline: bool,
+               device: str) -> dict:
+    frames = max(1, round(seconds * FPS))
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    timings, baseline_timings = [], []
+    for repeat in range(repeats):
+        timings.append(_time_generation(model, frames, steps, seed=repeat))
+        if baseline:
+            baseline_timings.append(_time_official_like(model, steps, seed=repeat))
+    median = statistics.median(timings)
+    run = {
+        "dtype": name,
+        "seconds_of_audio": frames / FPS,
+        "median_s": median,
+        "min_s": min(timings),
+        "all_s": timings,
+        "compute_s_per_audio_s": median / (frames / FPS),
+        "peak_rss_mib": _max_rss_mib(),
+    }
+    if baseline:
+        window_seconds = model.config.seq_len / FPS
+        run["baseline_s_per_audio_s"] = statistics.median(baseline_timings) / window_seconds
+        run["speedup"] = statistics.median(b / t * frames / model.config.seq_len
+                                           for b, t in zip(baseline_timings, timings))
+    if device.startswith("cuda"):
+        run["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return run
+
+
+def _describe(run: dict) -> str:
+    text = (f"[smga bench] {run['dtype']} {run['seconds_of_audio']:.1f}s audio: median {run['median_s']:.2f}s "
+            f"= {run['compute_s_per_audio_s']:.2f} s/s (min {run['min_s']:.2f}s), "
+            f"peak RSS {run['peak_rss_mib']:.0f} MiB")
+    if "baseline_s_per_audio_s" in run:
+        text += f"; official-style {run['baseline_s_per_audio_s']:.2f} s/s, speedup x{run['speedup']:.2f}"
+    if "peak_cuda_mib" in run:
+        text += f", peak CUDA {run['peak_cuda_mib']:.0f} MiB"
+    return text
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -109,9 +175,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--baseline", action="store_true", help="also time an official-style window")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
-    results = run_smga_bench(args.seconds, args.dtypes, args.device, args.steps, args.repeats, args.threads)
+    results = run_smga_bench(args.seconds, args.dtypes, args.device, args.steps, args.repeats, args.threads,
+                             baseline=args.baseline)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)

@@ -63,6 +63,11 @@ def plan_windows(total_frames: int, window: int, overlap: int) -> list[WindowPla
     return plans
 
 
+def total_diffusion_steps(total_frames: int, steps: int, window: int = 80, overlap: int = DEFAULT_OVERLAP) -> int:
+    """How many progress steps ``generate_pose_sequence`` reports: windows × DDIM steps."""
+    return len(plan_windows(total_frames, window, overlap)) * steps
+
+
 def window_features(features: Tensor, start: int, window: int) -> Tensor:
     """features[start:start+window], padded by repeating the last frame."""
     chunk = features[start:start + window]
@@ -162,11 +167,12 @@ def _compute_context(model: GestureDecoder, dtype: Optional[torch.dtype]) -> con
     """Autocast when the requested dtype differs from the model's weights; inference mode always."""
     device = model.input_projection.weight.device
     weights_dtype = model.input_projection.weight.dtype
+    if device.type == "cpu" and torch.float16 in (dtype, weights_dtype):
+        raise InputError("dtype", "float16 is not supported on CPU (slow and inaccurate there).",
+                         "Use bf16 or fp32 on CPU.")
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
     if dtype is not None and dtype != weights_dtype:
-        if device.type == "cpu" and dtype == torch.float16:
-            raise InputError("dtype", "float16 is not supported on CPU.", "Use bf16 or fp32 on CPU.")
         stack.enter_context(torch.autocast(device_type=device.type, dtype=dtype))
     return stack
 
@@ -203,7 +209,7 @@ def generate_pose_sequence(
     output = torch.empty(total, reference.numel())
     output[0] = reference.float().cpu()
     schedule = cosine_schedule().to(device)
-    total_steps = len(plans) * steps
+    total_steps = total_diffusion_steps(total, steps, window, overlap)
     with _compute_context(model, dtype):
         for number, plan in enumerate(plans):
             def window_progress(step: int, _: int, done: int = number * steps) -> None:

@@ -86,18 +86,26 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, dim: int, theta: int = 10000) -> None:
         super().__init__()
-        freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
-        self.register_buffer("freqs", freqs)  # persistent: the official checkpoint carries it
+        self.register_buffer("freqs", self.frequencies(dim, theta))  # persistent: the official checkpoint has it
+        self.dim, self.theta = dim, theta
         self._tables: dict[tuple, tuple[Tensor, Tensor]] = {}
 
+    @staticmethod
+    def frequencies(dim: int, theta: int) -> Tensor:
+        return 1.0 / (theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
+
     def tables(self, length: int, offset: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """cos and sin tables (length, dim) for positions offset..offset+length-1, cached."""
-        key = (length, offset, device, dtype, self.freqs.data_ptr(), self.freqs._version)
+        """cos and sin tables (length, dim) for positions offset..offset+length-1, cached.
+
+        Angles and cos/sin are computed in float32 from the formula (equal to the checkpoint buffer, see the
+        parity tests), so a bf16 model does not round its frequencies or large angles to bf16.
+        """
+        key = (length, offset, device, dtype)
         cached = self._tables.get(key)
         if cached is None:
-            positions = torch.arange(offset, offset + length, device=self.freqs.device).float()
-            angles = torch.einsum("n,f->nf", positions, self.freqs.float()).repeat_interleave(2, dim=-1)
-            # cos/sin in float32 even for bf16 compute: large angles lose their phase in bf16
+            positions = torch.arange(offset, offset + length).float()
+            freqs = self.frequencies(self.dim, self.theta)
+            angles = torch.einsum("n,f->nf", positions, freqs).repeat_interleave(2, dim=-1)
             cached = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
             if len(self._tables) > 64:
                 self._tables.clear()

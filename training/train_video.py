@@ -1,0 +1,830 @@
+"""Train the Stage-II video network of MMGT in the official two steps, on one GPU or several (accelerate).
+
+* **Step 1 (image level)**: ReferenceNet (all but its last up block), the denoising UNet *without* motion and audio
+  modules, and the PoseGuider learn to redraw a frame from a reference frame of the same video and the frame's
+  pose drawing. One random crop is shared by target, pose and reference; the image condition is dropped 10% of
+  the time (zero CLIP embedding, no reference attention).
+* **Step 2 (video + audio)**: starting from the step-1 weights, only the motion modules (optionally initialised
+  from an AnimateDiff v2 motion checkpoint), the MM-HAA audio modules and the AudioProj train, on 12-frame clips
+  with masks drawn from the keypoints and +-2-frame wav2vec2 windows; image condition dropped 10%, audio 5%.
+
+Both steps: v-prediction with zero terminal SNR on a DDIM schedule with **scaled_linear** betas (what the
+official training scripts build, spec Q15; inference uses linear betas, set ``diffusion.beta_schedule: linear`` to
+train on the inference schedule), noise offset 0.05, min-SNR weighting (gamma 5), AdamW (8-bit optional),
+gradient clipping 1.0, mixed precision and gradient checkpointing. Checkpoints are written atomically and a run
+continues from its newest one; every ``validation.every`` steps a short clip is rendered with the inference
+sampler; at the end the whole network is exported as a ``.safetensors`` that ``MMGT Load Video Net`` opens
+strictly.
+
+Usage (one GPU / several GPUs)::
+
+    python -m training.train_video --config step1.yaml
+    accelerate launch --num_processes 4 -m training.train_video --config step2.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mmgt_core.errors import InputError, MMGTError, WeightsError
+from mmgt_core.types import OptionalCancel, OptionalProgress
+from mmgt_core.video.conditioning import clip_image_embeds, load_clip_image_encoder
+from mmgt_core.video.config import RELEASED_BRANCH_WEIGHTS, VideoNetConfig
+from mmgt_core.video.decode import decode_latents, encode_images
+from mmgt_core.video.net import VideoNet
+from mmgt_core.video.scheduler import make_scheduler
+from mmgt_core.weights import COMPONENT_VIDEO_NET, load_weights, read_config, save_weights
+
+from .config import TrainVideoConfig, apply_overrides, load_train_config, save_config
+from .video_data import (
+    STEP_FILES,
+    ImagePairExamples,
+    Manifest,
+    PreparedClip,
+    StepSampler,
+    VideoClipExamples,
+    batch_masks,
+    branch_masks_from_keypoints,
+    collate_examples,
+    full_frame_box,
+    load_manifest,
+    pose_images,
+    to_model_pixels,
+    write_json_atomically,
+)
+
+CHECKPOINT_DIR = "checkpoints"
+TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+LOG_FILE = "train_log.jsonl"
+EXPORT_NAMES = {1: "mmgt_video_step1.safetensors", 2: "mmgt_video_step2.safetensors"}
+TRAINING_META_KEY = "mmgt_training"  # extra entry in the exported config: the full net config + provenance
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Network configs and initial weights
+
+
+def image_only(config: VideoNetConfig) -> VideoNetConfig:
+    """The step-1 network: the same UNets without motion modules and without MM-HAA audio modules."""
+    return replace(config, motion=replace(config.motion, resolutions=(), mid_block=False),
+                   audio=replace(config.audio, down_block_depths=()))
+
+
+def resolve_net_config(config: TrainVideoConfig, manifest: Manifest) -> VideoNetConfig:
+    """The full (step-2) network config: given, else from the init file's metadata, else from the base UNet."""
+    models = config.models
+    if models.net_config:
+        return VideoNetConfig.from_dict(models.net_config)
+    if models.init_net:
+        _, metadata = load_weights(models.init_net)
+        stored = read_config(metadata)
+        full = stored.get(TRAINING_META_KEY, {}).get("full_net") or stored
+        return VideoNetConfig.from_dict(full) if full else VideoNetConfig.sd15()
+    if models.base_unet:
+        from mmgt_core.video.config import AudioProjConfig
+
+        audio_proj = AudioProjConfig(blocks=manifest.wav2vec_layers, channels=manifest.wav2vec_hidden)
+        return VideoNetConfig.from_diffusers_unet_config(Path(models.base_unet) / "config.json",
+                                                         audio_proj=audio_proj)
+    raise InputError("models", "no network to start from.",
+                     "Set models.base_unet (step 1, e.g. sd-image-variations-diffusers/unet), models.init_net "
+                     "(step 2: the step-1 export) or models.net_config.")
+
+
+def _is_temporal_or_audio(key: str) -> bool:
+    return ".motion_modules." in key or ".audio_modules." in key
+
+
+def load_matching(net: nn.Module, state: dict[str, torch.Tensor], source: str,
+                  may_lack: Callable[[str], bool] = lambda key: False,
+                  may_ignore: Callable[[str], bool] = lambda key: False) -> list[str]:
+    """Load ``state`` into ``net``: every key must match by name and shape except the ones the predicates allow.
+
+    ``may_lack(key)``: a net key the file may leave at its initial value; ``may_ignore(key)``: a file key that is
+    dropped. Returns the loaded keys; raises WeightsError naming what does not fit.
+    """
+    own = net.state_dict()
+    unexpected = [k for k in state if k not in own and not may_ignore(k)]
+    missing = [k for k in own if k not in state and not may_lack(k)]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+              if k in own and state[k].shape != own[k].shape]
+    if unexpected or missing or shapes:
+        raise WeightsError(f"'{source}' does not fit the network being trained: {len(missing)} missing "
+                           f"{missing[:4]}, {len(unexpected)} unexpected {unexpected[:4]}, {len(shapes)} of another "
+                           f"shape {shapes[:4]}. Check models.net_config against the file.")
+    usable = {k: v for k, v in state.items() if k in own}
+    net.load_state_dict(usable, strict=False)
+    return sorted(usable)
+
+
+def load_base_unet(net: VideoNet, folder: str) -> None:
+    """SD-layout UNet weights (diffusers folder) into both UNets; the ReferenceNet has no conv_norm_out/conv_out."""
+    from diffusers import UNet2DConditionModel
+
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"could not load the base UNet from '{folder}': {exc}. Use a diffusers 'unet' folder "
+                           "(official step 1: sd-image-variations-diffusers/unet).") from exc
+    state = unet.state_dict()
+    head = ("conv_norm_out.", "conv_out.")  # absent in the ReferenceNet
+    load_matching(net.reference_unet, state, folder, may_ignore=lambda k: k.startswith(head))
+    load_matching(net.denoising_unet, state, folder, may_lack=_is_temporal_or_audio)
+
+
+def load_pose_guider_init(net: VideoNet, path: str) -> None:
+    """ControlNet-openpose ``controlnet_cond_embedding.*`` into the PoseGuider, except conv_out (kept at zero)."""
+    state, _ = load_weights(path)
+    prefix = "controlnet_cond_embedding."
+    picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and "conv_out" not in k}
+    if not picked:
+        raise WeightsError(f"'{path}' has no controlnet_cond_embedding.* weights; use "
+                           "control_v11p_sd15_openpose/diffusion_pytorch_model.bin (or .safetensors).")
+    load_matching(net.pose_guider, picked, path, may_lack=lambda k: k.startswith("conv_out."))
+
+
+def load_motion_module(net: VideoNet, path: str) -> int:
+    """AnimateDiff v2 motion weights (``down_blocks.0.motion_modules.0...``) into the denoising UNet."""
+    state, _ = load_weights(path)
+    motion = {f"denoising_unet.{k}": v for k, v in state.items() if ".motion_modules." in k}
+    own = {k for k in net.state_dict() if ".motion_modules." in k}
+    if not motion:
+        raise WeightsError(f"'{path}' holds no motion-module weights; use AnimateDiff's mm_sd_v15_v2.ckpt.")
+    load_matching(net, motion, path, may_lack=lambda k: k not in own)
+    return len(motion)
+
+
+def build_net(config: TrainVideoConfig, full: VideoNetConfig) -> VideoNet:
+    """The network of this step with its initial weights (seeded, so frozen random parts are reproducible)."""
+    models = config.models
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = VideoNet(image_only(full) if config.step == 1 else full, zero_init=True)
+    if config.step == 1:
+        if models.base_unet:
+            load_base_unet(net, models.base_unet)
+        if models.init_net:
+            state, _ = load_weights(models.init_net)
+            load_matching(net, state, models.init_net, may_ignore=_is_temporal_or_audio)
+        if models.pose_guider_init:
+            load_pose_guider_init(net, models.pose_guider_init)
+        return net
+    if not models.init_net:
+        raise InputError("models.init_net", "step 2 starts from the step-1 network.",
+                         "Set models.init_net to the step-1 export (mmgt_video_step1.safetensors).")
+    state, _ = load_weights(models.init_net)
+    load_matching(net, state, models.init_net, may_lack=lambda k: _is_temporal_or_audio(k))
+    if models.motion_module:
+        load_motion_module(net, models.motion_module)
+    return net
+
+
+def trainable_names(net: VideoNet, step: int) -> list[str]:
+    """Official trainable sets: step 1 = denoiser + ReferenceNet but up_blocks.3 + PoseGuider; step 2 = motion and
+    audio modules + AudioProj."""
+    names = []
+    for name, _ in net.named_parameters():
+        if step == 1:
+            keep = name.startswith(("denoising_unet.", "pose_guider.")) or (
+                name.startswith("reference_unet.") and "up_blocks.3" not in name)
+        else:
+            keep = name.startswith("audioproj.") or (name.startswith("denoising_unet.") and _is_temporal_or_audio(name))
+        if keep:
+            names.append(name)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The trained module (one forward = what DDP synchronises)
+
+
+class VideoTrainingModule(nn.Module):
+    """Wraps the VideoNet: pose features, reference banks, audio tokens and the denoiser in one forward."""
+
+    def __init__(self, net: VideoNet, step: int, branch_weights: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.net, self.step, self.branch_weights = net, step, branch_weights
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, clip_embeds: torch.Tensor,
+                reference_latents: torch.Tensor, image_keep: torch.Tensor, pose: torch.Tensor,
+                audio: Optional[torch.Tensor] = None, audio_keep: Optional[torch.Tensor] = None,
+                masks: Any = None) -> torch.Tensor:
+        net = self.net
+        pose_features = net.pose_guider(pose)
+        reference = None
+        if bool(image_keep.any()):  # rows without the image condition read no bank (official uncond_fwd)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.step == 1):
+                reference = net.reference_kv(reference_latents, clip_embeds, round_to_fp16=False)
+        tokens = None
+        if audio is not None:
+            tokens = net.audioproj(audio)
+            if audio_keep is not None:
+                tokens = tokens * audio_keep.to(tokens.dtype).view(-1, 1, 1, 1)
+        return net.denoising_unet(noisy, timesteps, clip_embeds, audio_tokens=tokens, pose_features=pose_features,
+                                  masks=masks, branch_weights=self.branch_weights, reference=reference,
+                                  reference_rows=image_keep)
+
+
+def min_snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Official min-SNR weights: min(snr', gamma) / snr' with snr' = snr + 1 for v-prediction."""
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas / (1.0 - alphas)
+    if prediction_type == "v_prediction":
+        snr = snr + 1.0
+    return torch.minimum(snr, torch.full_like(snr, gamma)) / snr
+
+
+def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, scheduler: Any,
+                   snr_gamma: float, prediction_type: str) -> torch.Tensor:
+    """Per-example MSE (mean over all but the batch), min-SNR weighted, averaged over the batch."""
+    per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+    if snr_gamma > 0:
+        per_example = per_example * min_snr_weights(scheduler, timesteps, snr_gamma, prediction_type)
+    return per_example.mean()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_dirs(out_dir: Path) -> list[tuple[int, Path]]:
+    """Finished checkpoints (a folder ``step-NNNNNNNN`` holding state.json), oldest first."""
+    root = Path(out_dir) / CHECKPOINT_DIR
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and (child / STATE_FILE).is_file():
+                found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def _write_trainable(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(folder / TRAINABLE_FILE))
+
+
+def _write_optimizer_state(folder: Path, payload: dict[str, Any]) -> None:
+    torch.save(payload, folder / OPTIMIZER_FILE)
+
+
+def save_checkpoint(out_dir: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_payload: dict[str, Any],
+                    state: dict[str, Any], keep_last: int) -> Path:
+    """Write a checkpoint into a temporary folder, then rename it into place (never a half-written checkpoint)."""
+    root = Path(out_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    temp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        temp.mkdir()
+        _write_trainable(temp, trainable)
+        _write_optimizer_state(temp, optimizer_payload)
+        write_json_atomically(state, temp / STATE_FILE)  # last: marks the folder as complete
+        if final.exists():
+            old = root / f".old-step-{step:08d}-{os.getpid()}"
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(temp, final)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    for _, stale in checkpoint_dirs(out_dir)[:-max(keep_last, 1)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def remove_unfinished_checkpoints(out_dir: Path) -> None:
+    """Delete temporary folders left by a process killed while saving."""
+    root = Path(out_dir) / CHECKPOINT_DIR
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith((".tmp-step-", ".old-step-")):
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """(state.json, trainable tensors, optimizer payload) of a finished checkpoint (optimizer opened weights-only)."""
+    state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    tensors = load_file(str(folder / TRAINABLE_FILE))
+    payload = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    return state, tensors, payload
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimizer
+
+
+def make_optimizer(name: str, params: list[nn.Parameter], config: TrainVideoConfig) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW (imported only when chosen)."""
+    optim = config.optim
+    kwargs = {"lr": optim.lr, "betas": (optim.adam_beta1, optim.adam_beta2), "weight_decay": optim.weight_decay,
+              "eps": optim.adam_epsilon}
+    if name == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    if name == "adamw8bit":
+        return _bitsandbytes().optim.AdamW8bit(params, **kwargs)
+    raise InputError("optim.optimizer", f"unknown optimizer '{name}'.", "Use adamw or adamw8bit.")
+
+
+def _bitsandbytes() -> Any:
+    try:
+        import bitsandbytes
+    except ImportError as exc:
+        raise InputError("optim.optimizer", "adamw8bit needs the bitsandbytes package, which is not installed.",
+                         "pip install bitsandbytes (CUDA only), or set optim.optimizer: adamw.") from exc
+    return bitsandbytes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The trainer
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    export_path: Path
+    step: int
+    losses: list[float]
+    checkpoint: Optional[Path]
+    validation_videos: list[Path]
+
+
+class VideoTrainer:
+    """Everything one run needs; ``train()`` runs it. The pieces are public for tests and notebooks."""
+
+    def __init__(self, config: TrainVideoConfig) -> None:
+        self.config = config
+        self.out = Path(config.out_dir)
+        check_config(config)
+        self.manifest = load_manifest(config.manifest, require=STEP_FILES[config.step])
+        if config.optim.optimizer == "adamw8bit":
+            _bitsandbytes()  # fail before any model is loaded
+        self.accelerator = make_accelerator(config)
+        self.device = self.accelerator.device
+        self.full_config = resolve_net_config(config, self.manifest)
+        check_dims(config, self.full_config, self.manifest)
+        self.net = build_net(config, self.full_config)
+        self.trainable = trainable_names(self.net, config.step)
+        self._freeze()
+        if config.optim.gradient_checkpointing:
+            self.net.enable_gradient_checkpointing()
+        self.module = VideoTrainingModule(self.net, config.step, tuple(config.train_branch_weights))
+        self.scheduler = make_scheduler(**scheduler_overrides(config))
+        self.vae, self.clip = load_frozen_encoders(config, self.device, frozen_dtype(self.accelerator))
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(config.optim.optimizer, params, config)
+        warmup = max(config.optim.lr_warmup_steps, 1)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.model, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
+        examples = ImagePairExamples if config.step == 1 else VideoClipExamples
+        self.examples = examples(self.manifest, config.data, config.seed)
+        self.step = 0
+
+    # ----- set-up helpers
+
+    def _freeze(self) -> None:
+        wanted = set(self.trainable)
+        for name, parameter in self.net.named_parameters():
+            parameter.requires_grad_(name in wanted)
+        self.net.train()
+
+    @property
+    def unwrapped(self) -> VideoNet:
+        return self.accelerator.unwrap_model(self.model).net
+
+    # ----- one step
+
+    def batch(self, step: int, micro: int = 0) -> dict[str, Any]:
+        """The examples of this process for an optimizer step (same numbers as the DataLoader draws)."""
+        optim = self.config.optim
+        indices = list(StepSampler(step, step + 1, optim.batch_size, optim.gradient_accumulation_steps,
+                                   self.accelerator.num_processes, self.accelerator.process_index))
+        per_micro = optim.batch_size
+        return collate_examples([self.examples[n] for n in indices[micro * per_micro:(micro + 1) * per_micro]])
+
+    def generator(self, step: int, micro: int = 0) -> torch.Generator:
+        """CPU generator of the noise, timesteps and dropout of one micro-batch (resume draws the same numbers)."""
+        seed = int(np.random.SeedSequence([self.config.seed, step, micro, self.accelerator.process_index])
+                   .generate_state(1)[0])
+        return torch.Generator().manual_seed(seed)
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator, drop_conditions: bool = True) -> torch.Tensor:
+        """The training loss of one batch (noise, timesteps and condition dropout drawn from ``generator``)."""
+        inputs = self.model_inputs(batch, generator, drop_conditions)
+        target = inputs.pop("target")
+        prediction = self.model(**inputs)
+        diffusion = self.config.diffusion
+        return diffusion_loss(prediction, target, inputs["timesteps"], self.scheduler, diffusion.snr_gamma,
+                              diffusion.prediction_type)
+
+    def model_inputs(self, batch: dict[str, Any], generator: torch.Generator,
+                     drop_conditions: bool = True) -> dict[str, Any]:
+        """Latents, noise, timesteps, v-target, CLIP/reference/pose/audio/mask inputs of one batch."""
+        config, device = self.config, self.device
+        rows = batch["target"].shape[0]
+        latents = self.encode_video(batch["target"], generator)
+        reference_latents = encode_images(self.vae, to_model_pixels(batch["reference"].numpy()),
+                                          sample_generator=generator).float().to(device)
+        embeds = torch.stack([clip_image_embeds(self.clip, image) for image in batch["reference"]]).to(device)
+        noise = torch.randn(latents.shape, generator=generator)
+        noise += config.diffusion.noise_offset * torch.randn((rows, latents.shape[1], 1, 1, 1), generator=generator)
+        timesteps = torch.randint(0, config.diffusion.num_train_timesteps, (rows,), generator=generator)
+        image_keep = torch.rand(rows, generator=generator) >= (config.dropout.image if drop_conditions else 0.0)
+        audio_keep = torch.rand(rows, generator=generator) >= (config.dropout.audio if drop_conditions else 0.0)
+        noise, timesteps = noise.to(device), timesteps.to(device)
+        inputs = {
+            "noisy": self.scheduler.add_noise(latents, noise, timesteps),
+            "target": self.scheduler.get_velocity(latents, noise, timesteps),
+            "timesteps": timesteps,
+            "clip_embeds": embeds * image_keep.to(device).view(-1, 1, 1),
+            "reference_latents": reference_latents,
+            "image_keep": image_keep.to(device),
+            "pose": batch["pose"].to(device),
+        }
+        if config.step == 2:
+            inputs["audio"] = batch["audio"].to(device)
+            inputs["audio_keep"] = audio_keep.to(device)
+            inputs["masks"] = batch_masks(batch["masks"], device, torch.float32)
+        return inputs
+
+    def encode_video(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(B, 3, F, H, W) in [-1, 1] -> latents (B, 4, F, h, w) float32 (VAE sample x 0.18215, official)."""
+        rows, _, frames = pixels.shape[:3]
+        flat = pixels.transpose(1, 2).flatten(0, 1)
+        latents = encode_images(self.vae, flat, sample_generator=generator).float().to(self.device)
+        return latents.unflatten(0, (rows, frames)).transpose(1, 2)
+
+    def optimizer_step(self, batches: list[dict[str, Any]], step: int) -> float:
+        """Accumulate the micro-batches, clip, step; returns the mean loss (over micro-batches and processes)."""
+        total = 0.0
+        for micro, batch in enumerate(batches):
+            syncing = micro == len(batches) - 1
+            context = self.accelerator.no_sync(self.model) if not syncing else _null_context()
+            with context:
+                loss = self.loss(batch, self.generator(step, micro)) / len(batches)
+                self.accelerator.backward(loss)
+            total += float(self.accelerator.reduce(loss.detach(), "mean"))
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        self.accelerator.clip_grad_norm_(params, self.config.optim.max_grad_norm)
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    # ----- checkpoints
+
+    def checkpoint_payload(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        params = dict(self.unwrapped.named_parameters())
+        trainable = {name: params[name] for name in self.trainable}
+        payload = {"optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict()}
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None:
+            payload["scaler"] = scaler.state_dict()
+        return trainable, payload
+
+    def save_checkpoint(self, step: int) -> Optional[Path]:
+        """Main process writes the checkpoint of the weights after ``step`` optimizer steps."""
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.accelerator.is_main_process:
+            trainable, payload = self.checkpoint_payload()
+            state = {"step": step, "train_step": self.config.step, "net": self.full_config.to_dict(),
+                     "trainable": len(trainable), "time": time.time()}
+            path = save_checkpoint(self.out, step, trainable, payload, state, self.config.checkpoint.keep_last)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def resume(self) -> int:
+        """Load the newest checkpoint of this run (if any); returns the step to continue from."""
+        if self.accelerator.is_main_process:
+            remove_unfinished_checkpoints(self.out)
+        found = checkpoint_dirs(self.out)
+        if not found or not self.config.checkpoint.resume:
+            return 0
+        step, folder = found[-1]
+        state, tensors, payload = read_checkpoint(folder)
+        if state.get("train_step") != self.config.step or VideoNetConfig.from_dict(state["net"]) != self.full_config:
+            raise InputError("out_dir", f"the checkpoint '{folder}' belongs to another run (step or network differ).",
+                             "Use a new out_dir, or set checkpoint.resume: false to start over.")
+        load_matching(self.unwrapped, tensors, str(folder), may_lack=lambda k: k not in set(self.trainable))
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.lr_schedule.load_state_dict(payload["lr_schedule"])
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and "scaler" in payload:
+            scaler.load_state_dict(payload["scaler"])
+        self.step = int(state["step"])
+        return self.step
+
+    # ----- outputs
+
+    def export(self) -> Path:
+        """The whole network as safetensors (component video_net, config in the metadata); main process only."""
+        path = self.out / EXPORT_NAMES[self.config.step]
+        if self.accelerator.is_main_process:
+            export_net(self.unwrapped, path, self.full_config, self.config, self.step)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def validate(self, step: int) -> Optional[Path]:
+        """Render a short clip with the inference sampler (main process); returns the mp4 path."""
+        if not self.accelerator.is_main_process:
+            return None
+        net = self.unwrapped
+        was_training = net.training
+        net.eval()
+        try:
+            path = render_validation(net, self.vae, self.clip, self.manifest, self.config, step, self.out)
+        finally:
+            net.train(was_training)
+        return path
+
+    # ----- the loop
+
+    def train(self, progress: OptionalProgress = None, check_cancel: OptionalCancel = None) -> TrainResult:
+        """Run from the newest checkpoint (or step 0) to ``optim.max_steps``; export at the end."""
+        config = self.config
+        start = self.resume()
+        if self.accelerator.is_main_process:
+            save_config(config, self.out / "config.yaml")
+        losses, videos, last_checkpoint, saved_at = [], [], None, start
+        bar = _progress_bar(start, config.optim.max_steps, self.accelerator.is_local_main_process)
+        try:
+            for step, batches in self._micro_batches(start):
+                if check_cancel is not None:
+                    check_cancel()
+                loss = self.optimizer_step(batches, step)
+                self.step = step + 1
+                losses.append(loss)
+                self._log(step + 1, loss, bar)
+                if progress is not None:
+                    progress(self.step, config.optim.max_steps)
+                if config.checkpoint.every and self.step % config.checkpoint.every == 0:
+                    last_checkpoint, saved_at = self.save_checkpoint(self.step), self.step
+                if config.validation.every and self.step % config.validation.every == 0:
+                    videos.append(self.validate(self.step))
+        finally:
+            bar.close()
+        if self.step > saved_at:  # always end on a checkpoint, so a later run with more steps continues here
+            last_checkpoint = self.save_checkpoint(self.step)
+        return TrainResult(self.export(), self.step, losses, last_checkpoint, [v for v in videos if v is not None])
+
+    def _micro_batches(self, start: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        optim = self.config.optim
+        sampler = StepSampler(start, optim.max_steps, optim.batch_size, optim.gradient_accumulation_steps,
+                              self.accelerator.num_processes, self.accelerator.process_index)
+        loader = DataLoader(self.examples, batch_size=optim.batch_size, sampler=sampler,
+                            collate_fn=collate_examples, num_workers=self.config.data.num_workers)
+        batches: list[dict[str, Any]] = []
+        step = start
+        for batch in loader:
+            batches.append(batch)
+            if len(batches) == optim.gradient_accumulation_steps:
+                yield step, batches
+                batches, step = [], step + 1
+
+    def _log(self, step: int, loss: float, bar: Any) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if self.accelerator.is_main_process and (step % max(self.config.log_every, 1) == 0 or step == 1):
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / LOG_FILE, "a", encoding="utf-8") as log:
+                log.write(json.dumps({"step": step, "loss": loss, "lr": self.lr_schedule.get_last_lr()[0]}) + "\n")
+
+    def close(self) -> None:
+        """Release the accelerate state so another trainer can start in this process (tests, notebooks)."""
+        from accelerate.state import AcceleratorState
+
+        self.accelerator.end_training()
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+class _null_context:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress_bar(start: int, total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checks and set-up
+
+
+def check_config(config: TrainVideoConfig) -> None:
+    """Refuse settings that cannot work, before anything is loaded."""
+    data, diffusion = config.data, config.diffusion
+    if data.width % 64 or data.height % 64:
+        raise InputError("data.width/height", f"{data.width}x{data.height} is not a multiple of 64.",
+                         "Use 256 or 512 (the official sizes).")
+    if diffusion.zero_snr and diffusion.prediction_type != "v_prediction":
+        raise InputError("diffusion.prediction_type", "zero terminal SNR needs v-prediction.",
+                         "Keep prediction_type: v_prediction (official).")
+    if config.optim.mixed_precision not in ("no", "fp16", "bf16"):
+        raise InputError("optim.mixed_precision", f"unknown value '{config.optim.mixed_precision}'.",
+                         "Use no, fp16 or bf16.")
+    if config.step == 2 and data.clip_frames > 32:
+        raise InputError("data.clip_frames", "the motion modules hold positions for at most 32 frames.",
+                         "Use 12 (official) to 32 frames.")
+    if config.checkpoint.export_dtype not in ("fp32", "fp16", "bf16"):
+        raise InputError("checkpoint.export_dtype", f"unknown dtype '{config.checkpoint.export_dtype}'.",
+                         "Use fp32, fp16 or bf16.")
+    if not config.models.vae or not config.models.image_encoder:
+        raise InputError("models", "models.vae and models.image_encoder are required.",
+                         "Point them to sd-vae-ft-mse and sd-image-variations-diffusers/image_encoder.")
+
+
+def check_dims(config: TrainVideoConfig, net: VideoNetConfig, manifest: Manifest) -> None:
+    """The prepared audio features must fit the AudioProj (layers x hidden)."""
+    if config.step != 2:
+        return
+    proj = net.audio_proj
+    if (proj.blocks, proj.channels) != (manifest.wav2vec_layers, manifest.wav2vec_hidden):
+        raise InputError("manifest", f"the data has wav2vec2 features of {manifest.wav2vec_layers} layers x "
+                         f"{manifest.wav2vec_hidden}, the AudioProj expects {proj.blocks} x {proj.channels}.",
+                         "Prepare the data with the wav2vec2 model the network was built for (wav2vec2-base-960h).")
+    if proj.seq_len != 2 * config.data.audio_margin + 1:
+        raise InputError("data.audio_margin", f"the AudioProj takes {proj.seq_len}-frame windows.",
+                         f"Use audio_margin {(proj.seq_len - 1) // 2}.")
+
+
+def make_accelerator(config: TrainVideoConfig) -> Any:
+    """accelerate's Accelerator; fp16 is never used on a CPU (bf16 instead)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    precision = config.optim.mixed_precision
+    if on_cpu and precision == "fp16":
+        precision = "bf16"
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # uncond batches skip the ReferenceNet
+    return Accelerator(mixed_precision=precision, cpu=on_cpu, kwargs_handlers=handlers)
+
+
+def frozen_dtype(accelerator: Any) -> torch.dtype:
+    """dtype of the frozen VAE and CLIP encoder: the mixed-precision dtype, else float32."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(accelerator.mixed_precision), torch.float32)
+
+
+def load_frozen_encoders(config: TrainVideoConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """The VAE (diffusers folder) and the CLIP image encoder, frozen in eval mode."""
+    from diffusers import AutoencoderKL
+
+    try:
+        vae = AutoencoderKL.from_pretrained(config.models.vae, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"could not load the VAE from '{config.models.vae}': {exc}. Use sd-vae-ft-mse.") from exc
+    vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    clip = load_clip_image_encoder(config.models.image_encoder, device=device, dtype=dtype).requires_grad_(False)
+    return vae, clip
+
+
+def scheduler_overrides(config: TrainVideoConfig) -> dict[str, Any]:
+    """The training DDIM schedule (on top of the released inference config)."""
+    diffusion = config.diffusion
+    overrides: dict[str, Any] = {"beta_schedule": diffusion.beta_schedule, "beta_start": diffusion.beta_start,
+                                 "beta_end": diffusion.beta_end, "num_train_timesteps": diffusion.num_train_timesteps,
+                                 "prediction_type": diffusion.prediction_type}
+    if not diffusion.zero_snr:
+        overrides.update(rescale_betas_zero_snr=False, timestep_spacing="leading")
+    return overrides
+
+
+def export_net(net: VideoNet, path: Path, full: VideoNetConfig, config: TrainVideoConfig, step: int) -> Path:
+    """Save the network strictly loadable by ``mmgt_core.video.net.load_video_net`` (its own config in metadata)."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[config.checkpoint.export_dtype]
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    stored = net.config.to_dict()
+    stored[TRAINING_META_KEY] = {"full_net": full.to_dict(), "train_step": config.step, "global_step": step}
+    return save_weights(state, path, COMPONENT_VIDEO_NET, stored, f"training/train_video.py step {config.step}, "
+                        f"{step} steps")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation render
+
+
+def render_validation(net: VideoNet, vae: Any, clip: Any, manifest: Manifest, config: TrainVideoConfig, step: int,
+                      out_dir: Path) -> Path:
+    """A short clip of one prepared video, rendered by the inference sampler, saved as mp4 with its audio."""
+    from mmgt_core.video.sampler import SamplingSettings, VideoConditioning, project_audio, sample_latents
+    from mmgt_core.video_io import write_mp4
+
+    from .smga_data import read_wav
+
+    settings = config.validation
+    entry = manifest.clips[min(settings.clip_index, len(manifest.clips) - 1)]
+    prepared = PreparedClip(manifest, entry)
+    width, height = config.data.width, config.data.height
+    frames = min(settings.frames, entry.frames)
+    box = full_frame_box(manifest.width, manifest.height, (width, height))
+    reference = box.apply_frames(prepared.frames.read([0]))[0]
+    keypoints = box.apply_keypoints(prepared.keypoints[:frames])
+    pose = (pose_images(keypoints, width, height, config.data.mask_legs).permute(1, 2, 3, 0) * 255).round()
+    tokens = None
+    if config.step == 2:
+        tokens = project_audio(net.audioproj, prepared.audio_windows(list(range(frames)), 0)[:, 0])
+    cond = VideoConditioning(
+        image_embeds=clip_image_embeds(clip, reference),
+        reference_latent=encode_images(vae, to_model_pixels(reference[None])).float(),
+        pose_frames=pose.to(torch.uint8),
+        masks=branch_masks_from_keypoints(keypoints, width, height, settings.mask_mode),
+        audio_tokens=tokens,
+    )
+    sampling = SamplingSettings(width=width, height=height, steps=settings.steps,
+                                guidance_scale=settings.guidance_scale, branch_weights=RELEASED_BRANCH_WEIGHTS,
+                                context_frames=min(config.data.clip_frames, frames), context_overlap=0)
+    generator = torch.Generator().manual_seed(config.seed)
+    latents = sample_latents(net, cond, sampling, generator)
+    video = decode_latents(vae, latents, chunk_frames=4)
+    wave, rate = read_wav(manifest.root / entry.paths["audio"])
+    audio = wave[: int(round(frames / manifest.fps * rate))][None]
+    return write_mp4(out_dir / "validation" / f"step-{step:08d}.mp4", video, manifest.fps, audio, rate)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def train_video(config: TrainVideoConfig, progress: OptionalProgress = None,
+                check_cancel: OptionalCancel = None) -> TrainResult:
+    """Build a trainer, run it, release it."""
+    trainer = VideoTrainer(config)
+    try:
+        return trainer.train(progress, check_cancel)
+    finally:
+        trainer.close()
+
+
+def parse_args(argv: Optional[list[str]] = None) -> TrainVideoConfig:
+    parser = argparse.ArgumentParser(description="Train the MMGT video network (step 1 or step 2).")
+    parser.add_argument("--config", help="YAML config (see training/README.md); other flags override it")
+    parser.add_argument("--step", type=int, choices=[1, 2])
+    parser.add_argument("--manifest", help="manifest.json from prepare_dataset.py")
+    parser.add_argument("--out", help="run folder (checkpoints/, validation/, the export)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, e.g. --set optim.lr=2e-5 (repeatable)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    args = parser.parse_args(argv)
+    if args.config:
+        config = load_train_config(args.config)
+    elif args.step and args.manifest and args.out:
+        config = TrainVideoConfig.for_step(args.step, args.manifest, args.out)
+    else:
+        parser.error("give --config, or --step, --manifest and --out")
+    for name, value in (("step", args.step), ("manifest", args.manifest), ("out_dir", args.out)):
+        if value is not None:
+            setattr(config, name, value)
+    config = apply_overrides(config, args.set)
+    if args.no_resume:
+        config.checkpoint.resume = False
+    return config
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    config = parse_args(argv)
+    try:
+        result = train_video(config)
+    except MMGTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) != 0:  # one report per run, not per process
+        return 0
+    if result.losses:
+        print(f"step {result.step}: last loss {result.losses[-1]:.4f}; exported {result.export_path}")
+    else:
+        print(f"nothing to do (already at step {result.step}); exported {result.export_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["TrainResult", "VideoTrainer", "VideoTrainingModule", "build_net", "diffusion_loss", "export_net",
+           "image_only", "load_matching", "load_motion_module", "main", "min_snr_weights",
+           "render_validation", "save_checkpoint", "train_video", "trainable_names"]
