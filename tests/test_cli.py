@@ -19,7 +19,6 @@ from mmgt_core.tiny_models import synthetic_reference_pose, write_tiny_model_set
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cli")
     write_tiny_model_set(root / "models")
     rate = 16000

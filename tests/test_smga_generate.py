@@ -7,7 +7,7 @@ import torch
 
 from mmgt_core.errors import Cancelled, InputError
 from mmgt_core.smga.bench import run_smga_bench
-from mmgt_core.smga.generate import generate_pose_sequence, plan_windows
+from mmgt_core.smga.generate import generate_pose_sequence, plan_windows, total_diffusion_steps
 from mmgt_core.smga.model import TINY_TEST_CONFIG, GestureDecoder, init_weights_recipe
 
 STEPS = 10  # fewer than the official 50: these tests check plumbing, the parity tests check numbers
@@ -18,15 +18,6 @@ def model() -> GestureDecoder:
     decoder = GestureDecoder(TINY_TEST_CONFIG).eval()
     init_weights_recipe(decoder, 1001, {"final_layer.weight": 0.1, "final_layer.bias": 0.1})
     return decoder
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors gain nothing from threads, and shared CI cores make thread sync slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def features(frames: int, seed: int = 0) -> torch.Tensor:
@@ -88,8 +79,9 @@ def test_best_of_and_official_smoothing(model: GestureDecoder) -> None:
 def test_progress_and_cancel(model: GestureDecoder) -> None:
     calls: list[tuple[int, int]] = []
     generate(model, 150, seed=0, steps=3, progress=lambda step, total: calls.append((step, total)))
-    windows = len(plan_windows(150, 80, 8))
-    assert calls == [(step, 3 * windows) for step in range(1, 3 * windows + 1)]
+    total = total_diffusion_steps(150, 3)
+    assert total == 3 * len(plan_windows(150, 80, 8)) == 6
+    assert calls == [(step, total) for step in range(1, total + 1)]
     checks: list[int] = []
 
     def cancel_on_fourth() -> None:

@@ -22,6 +22,7 @@ from mmgt_core.smga.generate import generate_pose_sequence, official_assembly, o
 from mmgt_core.smga.model import (
     TINY_TEST_CONFIG,
     GestureDecoder,
+    RotaryEmbedding,
     SMGAConfig,
     init_weights_recipe,
     load_smga,
@@ -34,15 +35,6 @@ SMGA = FIXTURES / "smga"
 RECIPE_OVERRIDES = {"final_layer.weight": 0.1, "final_layer.bias": 0.1}
 
 pytestmark = pytest.mark.skipif(not SMGA.is_dir(), reason=f"official SMGA fixtures not found at {SMGA}")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors gain nothing from threads, and shared CI cores make thread sync slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def fixture(name: str) -> dict[str, torch.Tensor]:
@@ -62,6 +54,8 @@ def forward_io() -> dict[str, torch.Tensor]:
 def test_tiny_weights_load_strictly_from_safetensors_and_official_pt(tiny: GestureDecoder) -> None:
     file_state = fixture("smga_tiny_ema_state_dict.safetensors")
     assert len(file_state) == 155 and set(tiny.state_dict()) == set(file_state)
+    # the rotary tables are computed from the formula in float32; it must equal the checkpoint buffer
+    assert torch.equal(file_state["rotary.freqs"], RotaryEmbedding.frequencies(40, 10000))
     from_pt = load_smga(str(SMGA / "smga_tiny_official.pt"), config=TINY_TEST_CONFIG)
     for key, value in from_pt.state_dict().items():
         assert torch.equal(value, file_state[key]), key

@@ -9,12 +9,12 @@ import av
 import torch
 from safetensors.torch import load_file
 from test_stage1_nodes import make_speech
+from tiny_fixture import tiny_net_config
 
 from executor import load_prompt, run
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.keypoints_io import save_keypoints_file
 from mmgt_core.smga.model import GestureDecoder, SMGAConfig, init_weights_recipe
-from mmgt_core.video.config import AudioProjConfig, PoseGuiderConfig, VideoNetConfig
 from mmgt_core.weights import save_weights
 
 WORKFLOWS = Path(__file__).parent / "workflows"
@@ -28,11 +28,7 @@ def install_tiny_models(models: Path, fixtures: Path) -> None:
     smga = GestureDecoder(smga_config)
     init_weights_recipe(smga, seed=5, scale_overrides={"final_layer.weight": 0.1, "final_layer.bias": 0.1})
     save_weights(smga.state_dict(), models / "smga_tiny.safetensors", "smga", smga_config.to_dict(), "test")
-    net_config = VideoNetConfig.from_diffusers_unet_config(
-        fixtures / "stage2" / "tiny_sd15" / "unet" / "config.json", audio_attention_dim=48,
-        audio_proj=AudioProjConfig(seq_len=5, blocks=4, channels=32, intermediate_dim=64, output_dim=48,
-                                   context_tokens=32),
-        pose_guider=PoseGuiderConfig(embedding_channels=32, block_out_channels=(16, 32, 96, 256)))
+    net_config = tiny_net_config(fixtures)
     save_weights(load_file(fixtures / "stage2" / "net_tiny.safetensors"), models / "net_tiny.safetensors",
                  "video_net", net_config.to_dict(), "net_tiny")
     shutil.copytree(fixtures / "stage2" / "tiny_vae", models / "tiny_vae")

@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_fixture import tiny_net_config
 
 from mmgt_core.errors import Cancelled
 from mmgt_core.video.conditioning import BranchMasks, clip_image_embeds, load_clip_image_encoder, reference_latent
-from mmgt_core.video.config import AudioProjConfig, PoseGuiderConfig, VideoNetConfig
 from mmgt_core.video.decode import decode_latents
 from mmgt_core.video.net import load_video_net
 from mmgt_core.video.sampler import (
@@ -38,15 +38,6 @@ REBUILT_STEP_ATOL = 2e-3  # measured 9e-4 (1 thread); the thread count alone mov
 FINAL_ATOL = 5e-3  # README 4e: final latents and video loosely, 5e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are dominated by per-op overhead; one thread avoids OpenMP contention on shared CPUs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def case(fixtures_dir: Path) -> SimpleNamespace:
     """The tiny models and the official run's inputs, rebuilt with our conditioning code."""
@@ -55,13 +46,8 @@ def case(fixtures_dir: Path) -> SimpleNamespace:
     stage2 = fixtures_dir / "stage2"
     official = load_file(stage2 / "pipeline_run.safetensors")
     info = json.loads((stage2 / "stage2_info.json").read_text())
-    net_info, run_info = info["net"], info["pipeline"]
-    config = VideoNetConfig.from_diffusers_unet_config(
-        stage2 / "tiny_sd15" / "unet" / "config.json",
-        audio_attention_dim=net_info["unet_additional_kwargs"]["audio_attention_dim"],
-        audio_proj=AudioProjConfig(**net_info["audioproj_kwargs"]),
-        pose_guider=PoseGuiderConfig(embedding_channels=net_info["pose_guider"]["conditioning_embedding_channels"]),
-    )
+    run_info = info["pipeline"]
+    config = tiny_net_config(fixtures_dir)
     net = load_video_net(stage2 / "net_tiny.safetensors", config)
     vae = AutoencoderKL.from_pretrained(stage2 / "tiny_vae").eval()
     encoder = load_clip_image_encoder(stage2 / "tiny_image_encoder")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_fixture import tiny_net_config
 
 from mmgt_core.errors import Cancelled, InputError
 from mmgt_core.video.conditioning import (
@@ -26,7 +27,6 @@ from mmgt_core.video.conditioning import (
     reference_pixels,
     zero_branch_masks,
 )
-from mmgt_core.video.config import AudioProjConfig, PoseGuiderConfig, VideoNetConfig
 from mmgt_core.video.context import blend_ramp, closed_loop_indices, context_windows
 from mmgt_core.video.decode import decode_latents, encode_images
 from mmgt_core.video.net import VideoNet, load_video_net
@@ -34,15 +34,6 @@ from mmgt_core.video.sampler import SamplingSettings, VideoConditioning, project
 from mmgt_core.video.scheduler import RELEASED_SCHEDULER_CONFIG, ddim_step, inference_timesteps, make_scheduler
 
 MODULE_ATOL = 1e-4  # fixture README: module-level parity
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are dominated by per-op overhead; one thread avoids OpenMP contention on shared CPUs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +55,7 @@ def tiny_vae(stage2: Path):
 
 @pytest.fixture(scope="module")
 def tiny_net(stage2: Path) -> VideoNet:
-    info = json.loads((stage2 / "stage2_info.json").read_text())["net"]
-    config = VideoNetConfig.from_diffusers_unet_config(
-        stage2 / "tiny_sd15" / "unet" / "config.json",
-        audio_attention_dim=info["unet_additional_kwargs"]["audio_attention_dim"],
-        audio_proj=AudioProjConfig(**info["audioproj_kwargs"]),
-        pose_guider=PoseGuiderConfig(embedding_channels=info["pose_guider"]["conditioning_embedding_channels"]),
-    )
+    config = tiny_net_config(stage2.parent)
     return load_video_net(stage2 / "net_tiny.safetensors", config)
 
 

@@ -27,14 +27,6 @@ RIGHT_HAND_Y = torch.tensor([3 * k + 1 for k in range(113, 134)])
 BASE_POSE = -0.3 + 0.05 * torch.randn(402, generator=torch.Generator().manual_seed(11))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def loudness_track(frames: int, generator: torch.Generator) -> torch.Tensor:
     """Piecewise-constant loudness in [0, 1], segments of 1.6–4 s, lightly smoothed."""
     levels: list[float] = []

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_fixture import tiny_net_config
 
 from mmgt_core.errors import InputError, WeightsError
 from mmgt_core.keypoints import PoseSequence, normalize
 from mmgt_core.masks import motion_masks
 from mmgt_core.render import draw_pose_frame, render_pose_video
 from mmgt_core.tiny_models import synthetic_reference_pose
-from mmgt_core.video.config import AudioProjConfig, PoseGuiderConfig, VideoNetConfig
 from mmgt_core.video.net import load_video_net
 from mmgt_core.video_io import write_mp4
 from training.config import ModelSources, PrepareConfig, TrainVideoConfig, load_train_config, save_config
@@ -47,14 +47,6 @@ pytestmark = pytest.mark.slow
 RATE = 16000
 SOURCE_FPS = 30
 SIZE = 64  # prepared and trained frame size
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,13 +231,6 @@ def test_second_run_skips_finished_videos_and_vfr_can_be_resampled(dataset, fixt
 # Training
 
 
-def tiny_net_config(fixtures: Path) -> VideoNetConfig:
-    """The tiny fixture network (tiny SD1.5 UNet, AudioProj for the tiny wav2vec2's 4 layers x 32)."""
-    return VideoNetConfig.from_diffusers_unet_config(
-        fixtures / "stage2" / "tiny_sd15" / "unet" / "config.json", audio_attention_dim=48,
-        audio_proj=AudioProjConfig(seq_len=5, blocks=4, channels=32, intermediate_dim=64, output_dim=48,
-                                   context_tokens=32),
-        pose_guider=PoseGuiderConfig(embedding_channels=32, block_out_channels=(16, 32, 96, 256)))
 
 
 def train_config(step: int, manifest: Path, out: Path, fixtures: Path, init_net: Path | None = None,

@@ -14,10 +14,11 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 from safetensors.torch import load_file
+from tiny_fixture import tiny_net_config
 
 from mmgt_core.errors import InputError, WeightsError
 from mmgt_core.video.audio_proj import AudioProjModel
-from mmgt_core.video.config import AudioProjConfig, PoseGuiderConfig, VideoNetConfig
+from mmgt_core.video.config import VideoNetConfig
 from mmgt_core.video.mmhaa import level_masks
 from mmgt_core.video.motion_module import MotionModule, sinusoidal_table
 from mmgt_core.video.net import VideoNet, load_video_net
@@ -30,23 +31,7 @@ ATOL = 1e-4
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread is faster and immune to oversubscription on a shared CI/dev machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def tiny_config(fixtures: Path) -> VideoNetConfig:
-    """The fixture's tiny net: tiny SD1.5 UNet config + audio dim 48 and the small AudioProj/PoseGuider."""
-    return VideoNetConfig.from_diffusers_unet_config(
-        fixtures / "stage2" / "tiny_sd15" / "unet" / "config.json",
-        audio_attention_dim=48,
-        audio_proj=AudioProjConfig(seq_len=5, blocks=4, channels=32, intermediate_dim=64, output_dim=48,
-                                   context_tokens=32),
-        pose_guider=PoseGuiderConfig(embedding_channels=32, block_out_channels=(16, 32, 96, 256)),
-    )
+tiny_config = tiny_net_config
 
 
 @pytest.fixture(scope="module")

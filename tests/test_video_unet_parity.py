@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_fixture import tiny_net_config
 
 from mmgt_core.errors import InputError
-from mmgt_core.video.config import AudioProjConfig, PoseGuiderConfig, VideoNetConfig
 from mmgt_core.video.net import VideoNet, load_video_net
 
 ATOL = 1e-4
@@ -22,22 +22,7 @@ CFG_ROWS = (False, True)  # batch [uncond; cond]: only the conditional half read
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread is faster and immune to oversubscription on a shared CI/dev machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def tiny_config(fixtures: Path) -> VideoNetConfig:
-    return VideoNetConfig.from_diffusers_unet_config(
-        fixtures / "stage2" / "tiny_sd15" / "unet" / "config.json",
-        audio_attention_dim=48,
-        audio_proj=AudioProjConfig(seq_len=5, blocks=4, channels=32, intermediate_dim=64, output_dim=48,
-                                   context_tokens=32),
-        pose_guider=PoseGuiderConfig(embedding_channels=32, block_out_channels=(16, 32, 96, 256)),
-    )
+tiny_config = tiny_net_config
 
 
 def official_reference(net: VideoNet, latent: torch.Tensor, embeds: torch.Tensor):

@@ -1,0 +1,20 @@
+"""The official fixtures' tiny Stage-II network configuration, shared by the tests that load net_tiny."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mmgt_core.video.config import AudioProjConfig, PoseGuiderConfig, VideoNetConfig
+
+
+def tiny_net_config(fixtures: Path) -> VideoNetConfig:
+    """The tiny net exactly as stage2_info.json describes it (tiny SD1.5 UNet, audio dim 48, small AudioProj)."""
+    info = json.loads((fixtures / "stage2" / "stage2_info.json").read_text())["net"]
+    return VideoNetConfig.from_diffusers_unet_config(
+        fixtures / "stage2" / "tiny_sd15" / "unet" / "config.json",
+        audio_attention_dim=info["unet_additional_kwargs"]["audio_attention_dim"],
+        audio_proj=AudioProjConfig(**info["audioproj_kwargs"]),
+        pose_guider=PoseGuiderConfig(embedding_channels=info["pose_guider"]["conditioning_embedding_channels"],
+                                     block_out_channels=(16, 32, 96, 256)),
+    )
