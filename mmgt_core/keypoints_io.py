@@ -20,6 +20,7 @@ from .keypoints import (
     PoseSequence,
     from_official_feature,
     from_pose_keypoint,
+    to_pose_keypoint,
 )
 
 KEYPOINT_FILE_SUFFIXES = (".json", ".npy", ".safetensors")
@@ -77,4 +78,27 @@ def save_keypoints_file(sequence: PoseSequence, path: str | os.PathLike[str]) ->
     finally:
         if os.path.exists(temp_name):
             os.remove(temp_name)
+    return target
+
+
+def save_sequence(sequence: PoseSequence, folder: str | os.PathLike[str], prefix: str, file_format: str) -> Path:
+    """Save under ``folder`` as ``<prefix>_00001.<ext>`` (the next free number); refuses to leave ``folder``."""
+    root = Path(folder).resolve()
+    stem = (root / prefix).resolve()
+    if root not in stem.parents:
+        raise InputError("filename_prefix", f"'{prefix}' points outside the output folder.",
+                         "Use a relative path such as mmgt/keypoints.")
+    suffix = {"safetensors": ".safetensors", "json": ".json"}.get(file_format)
+    if suffix is None:
+        raise InputError("format", f"unknown format '{file_format}'.", "Use safetensors or json.")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while (target := stem.parent / f"{stem.name}_{number:05d}{suffix}").exists():
+        number += 1
+    if file_format == "safetensors":
+        return save_keypoints_file(sequence, target)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with os.fdopen(handle, "w") as stream:
+        json.dump(to_pose_keypoint(sequence), stream)
+    os.replace(temp_name, target)
     return target

@@ -7,9 +7,11 @@ from typing import Any
 import torch
 
 from mmgt_core.keypoints import PoseSequence
+from mmgt_core.keypoints_io import save_sequence
 from mmgt_core.pose_align import SOURCES, align_to_reference, blend_keypoints
-from mmgt_core.timeline import match_length, resample_frames
+from mmgt_core.timeline import match_length, resample_frames, resample_keypoints
 
+from . import host
 from .common import node_errors
 from .pose import KEYPOINTS_INPUT, KEYPOINTS_TYPE
 
@@ -100,12 +102,72 @@ class ResampleFrames:
         return out, fps_out, "\n".join(notes)
 
 
+class ResampleKeypoints:
+    DESCRIPTION = ("Puts keypoints on another frame rate (linear interpolation of positions), e.g. 30 fps "
+                   "external keypoints onto MMGT's 25 fps; with frame_count > 0 the result has exactly that many "
+                   "frames (the last pose is held, or the end is cut).")
+    CATEGORY = "MMGT/pose"
+    FUNCTION = "resample"
+    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
+    RETURN_NAMES = ("keypoints", "notes")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "keypoints": KEYPOINTS_INPUT,
+            "fps_out": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                                  "tooltip": "Wanted frame rate (MMGT works at 25)."}),
+        }, "optional": {
+            "frame_count": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
+                                    "tooltip": "0 keeps the duration; otherwise exactly this many frames."}),
+        }}
+
+    def resample(self, keypoints: PoseSequence, fps_out: float, frame_count: int = 0) -> tuple[PoseSequence, str]:
+        with node_errors("MMGT Resample Keypoints"):
+            out = resample_keypoints(keypoints, fps_out)
+            notes = [f"{keypoints.num_frames} frames at {keypoints.fps:g} fps → {out.num_frames} at {fps_out:g} fps"]
+            if frame_count:
+                kept, note = match_length(out.keypoints, frame_count)
+                out = out.with_keypoints(kept.contiguous())
+                if note:
+                    notes.append(note)
+        return out, "\n".join(notes)
+
+
+class SaveKeypoints:
+    DESCRIPTION = ("Saves keypoints to ComfyUI's output folder: MMGT .safetensors (exact, reloadable with MMGT Load "
+                   "Keypoints) or POSE_KEYPOINT .json (OpenPose JSON for other tools).")
+    CATEGORY = "MMGT/pose"
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "keypoints": KEYPOINTS_INPUT,
+            "filename_prefix": ("STRING", {"default": "mmgt/keypoints", "tooltip": "Path under the output folder, "
+                                                                                  "without extension."}),
+            "format": (["safetensors", "json"], {"default": "safetensors", "tooltip": "safetensors: exact; json: "
+                                                 "POSE_KEYPOINT (OpenPose JSON)."}),
+        }}
+
+    def save(self, keypoints: PoseSequence, filename_prefix: str, format: str) -> dict[str, Any]:
+        with node_errors("MMGT Save Keypoints"):
+            path = save_sequence(keypoints, host.output_directory(), filename_prefix, format)
+        return {"ui": {"text": [str(path)]}, "result": ()}
+
+
 NODE_CLASS_MAPPINGS = {
+    "MMGT_ResampleKeypoints": ResampleKeypoints,
+    "MMGT_SaveKeypoints": SaveKeypoints,
     "MMGT_AlignKeypoints": AlignKeypoints,
     "MMGT_BlendKeypoints": BlendKeypoints,
     "MMGT_ResampleFrames": ResampleFrames,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "MMGT_ResampleKeypoints": "MMGT Resample Keypoints",
+    "MMGT_SaveKeypoints": "MMGT Save Keypoints",
     "MMGT_AlignKeypoints": "MMGT Align Keypoints",
     "MMGT_BlendKeypoints": "MMGT Blend Keypoints",
     "MMGT_ResampleFrames": "MMGT Resample Frames",

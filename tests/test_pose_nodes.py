@@ -121,3 +121,30 @@ def test_pack_imports_like_comfyui_loads_it(comfy_host):
     finally:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
             del sys.modules[key]
+
+
+def test_save_keypoints_writes_reloadable_files_inside_the_output_folder(speaker_input):
+    from mmgt_core.keypoints_io import load_keypoints_file
+    from nodes.common import MMGTNodeError
+
+    classes = speaker_input["classes"]
+    sequence, _ = classes["MMGT_LoadKeypoints"]().load("speaker.safetensors", 512, 512, 25.0)
+    saver = classes["MMGT_SaveKeypoints"]()
+    first = Path(saver.save(sequence, "mmgt/kp", "safetensors")["ui"]["text"][0])
+    second = Path(saver.save(sequence, "mmgt/kp", "json")["ui"]["text"][0])
+    out_dir = Path(speaker_input["folder_paths"].get_output_directory())
+    assert first.parent == out_dir / "mmgt" and first.name == "kp_00001.safetensors" and second.suffix == ".json"
+    assert torch.equal(load_keypoints_file(first)[0].keypoints, sequence.keypoints)
+    assert load_keypoints_file(second)[0].num_frames == sequence.num_frames
+    with pytest.raises(MMGTNodeError, match="outside the output folder"):
+        saver.save(sequence, "../../escape", "json")
+
+
+def test_resample_keypoints_node_changes_rate_and_length(speaker_input):
+    classes = speaker_input["classes"]
+    loaded, _ = classes["MMGT_LoadKeypoints"]().load("speaker.safetensors", 512, 512, 25.0)
+    sequence = PoseSequence(loaded.keypoints, 512, 512, 30.0)
+    out, notes = classes["MMGT_ResampleKeypoints"]().resample(sequence, 25.0, 0)
+    assert out.num_frames == 5 and out.fps == 25.0 and "→ 5 at 25 fps" in notes
+    padded, notes = classes["MMGT_ResampleKeypoints"]().resample(sequence, 25.0, 9)
+    assert padded.num_frames == 9 and torch.equal(padded.keypoints[-1], padded.keypoints[4]) and "padded" in notes

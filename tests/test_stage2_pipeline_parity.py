@@ -17,7 +17,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from tiny_fixture import tiny_net_config
 
 from mmgt_core.errors import Cancelled
 from mmgt_core.video.conditioning import BranchMasks, clip_image_embeds, load_clip_image_encoder, reference_latent
@@ -31,6 +30,7 @@ from mmgt_core.video.sampler import (
     sample_latents,
 )
 from mmgt_core.video.scheduler import ddim_step, inference_timesteps, make_scheduler
+from tiny_fixture import tiny_net_config
 
 SEED = 1049
 STEP0_ATOL = 1e-3  # README 4e: step 0 at about 1e-3 (1 vs 2 threads alone moves the run by 2e-3 after 3 steps)

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from tiny_fixture import tiny_net_config
 
 from mmgt_core.errors import Cancelled, InputError
 from mmgt_core.video.conditioning import (
@@ -32,6 +31,7 @@ from mmgt_core.video.decode import decode_latents, encode_images
 from mmgt_core.video.net import VideoNet, load_video_net
 from mmgt_core.video.sampler import SamplingSettings, VideoConditioning, project_audio, sample_latents
 from mmgt_core.video.scheduler import RELEASED_SCHEDULER_CONFIG, ddim_step, inference_timesteps, make_scheduler
+from tiny_fixture import tiny_net_config
 
 MODULE_ATOL = 1e-4  # fixture README: module-level parity
 

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_fixture import tiny_net_config
 
 from mmgt_core.errors import InputError, WeightsError
 from mmgt_core.keypoints import PoseSequence, normalize
@@ -28,6 +27,7 @@ from mmgt_core.render import draw_pose_frame, render_pose_video
 from mmgt_core.tiny_models import synthetic_reference_pose
 from mmgt_core.video.net import load_video_net
 from mmgt_core.video_io import write_mp4
+from tiny_fixture import tiny_net_config
 from training.config import ModelSources, PrepareConfig, TrainVideoConfig, load_train_config, save_config
 from training.prepare_dataset import prepare_dataset
 from training.smga_data import clip_windows, load_clip

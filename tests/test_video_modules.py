@@ -14,7 +14,6 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 from safetensors.torch import load_file
-from tiny_fixture import tiny_net_config
 
 from mmgt_core.errors import InputError, WeightsError
 from mmgt_core.video.audio_proj import AudioProjModel
@@ -26,6 +25,7 @@ from mmgt_core.video.pose_guider import PoseGuider
 from mmgt_core.video.reference_bank import self_attention_with_reference, split_heads
 from mmgt_core.video.reference_unet import ReferenceNet
 from mmgt_core.weights import strict_load
+from tiny_fixture import tiny_net_config
 
 ATOL = 1e-4
 

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_fixture import tiny_net_config
 
 from mmgt_core.errors import InputError
 from mmgt_core.video.net import VideoNet, load_video_net
+from tiny_fixture import tiny_net_config
 
 ATOL = 1e-4
 CFG_ROWS = (False, True)  # batch [uncond; cond]: only the conditional half reads the reference

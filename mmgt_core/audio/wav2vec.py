@@ -203,8 +203,23 @@ def audio_context_windows(features: torch.Tensor, margin: int = 2,
 
 
 def _encode_window(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    outputs = model.encoder(hidden, output_hidden_states=True, return_dict=True)
-    return torch.stack(outputs.hidden_states[1:], dim=2)[0]  # layer outputs, embedding output excluded
+    """Every transformer layer's output (the official ``hidden_states[1:]``), stacked as (T, layers, hidden).
+
+    Collected with forward hooks on the layers: transformers 5 no longer returns ``hidden_states`` from the bare
+    encoder, and hooks give the same tensors on every version.
+    """
+    captured: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: object, output: object) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = [layer.register_forward_hook(keep) for layer in model.encoder.layers]
+    try:
+        model.encoder(hidden)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(captured, dim=2)[0]
 
 
 def _window_starts(total: int, size: int, overlap: int) -> list[int]:

@@ -140,5 +140,76 @@ class SaveVideo:
                 "result": ()}
 
 
+class LoadVideo:
+    """comfy_extras.nodes_video.LoadVideo: a video file from input/ (the VIDEO here is the dict CreateVideo makes)."""
+
+    FUNCTION = "load"
+    RETURN_TYPES = ("VIDEO",)
+    CATEGORY = "image/video"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"file": (_input_files(), {"video_upload": True})}}
+
+    def load(self, file: str) -> tuple[dict[str, Any]]:
+        import av
+
+        with av.open(folder_paths.get_annotated_filepath(file)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        images = torch.from_numpy(np.stack(frames)).float() / 255.0
+        return ({"images": images, "frame_rate": Fraction(rate), "audio": None},)
+
+
+class GetVideoComponents:
+    """comfy_extras.nodes_video.GetVideoComponents: frames, audio (None without an audio stream) and fps."""
+
+    FUNCTION = "split"
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
+    RETURN_NAMES = ("images", "audio", "fps")
+    CATEGORY = "image/video"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"video": ("VIDEO",)}}
+
+    def split(self, video: dict[str, Any]) -> tuple[torch.Tensor, Any, float]:
+        return video["images"], video.get("audio"), float(video["frame_rate"])
+
+
+class SolidMask:
+    """nodes.SolidMask: one (1, H, W) mask filled with ``value``."""
+
+    FUNCTION = "solid"
+    RETURN_TYPES = ("MASK",)
+    CATEGORY = "mask"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+                             "width": ("INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
+                             "height": ("INT", {"default": 512, "min": 1, "max": 16384, "step": 1})}}
+
+    def solid(self, value: float, width: int, height: int) -> tuple[torch.Tensor]:
+        return (torch.full((1, height, width), value, dtype=torch.float32),)
+
+
+class PreviewAny:
+    """comfy_extras.nodes_preview_any.PreviewAny: shows any value as text."""
+
+    OUTPUT_NODE = True
+    FUNCTION = "main"
+    RETURN_TYPES = ()
+    CATEGORY = "utils"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"source": ("*", {})}}
+
+    def main(self, source: Any = None) -> dict[str, Any]:
+        return {"ui": {"text": (source if isinstance(source, str) else str(source),)}}
+
+
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (PreviewImage, MaskToImage, LoadImage, LoadAudio, CreateVideo,
-                                                      SaveVideo)}
+                                                      SaveVideo, LoadVideo, GetVideoComponents, SolidMask, PreviewAny)}

@@ -1,0 +1,179 @@
+"""The shipped workflows: each UI workflow converts to exactly its API twin, uses only core and MMGT nodes, says in
+a Note which files it needs, and its twin runs end to end through the test executor with tiny random models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+import torch
+
+from executor import load_prompt, run
+from ui_to_api import EDITOR_ONLY_NODES, ConversionError, convert
+from workflow_assets import (
+    API_TWINS_DIR,
+    EXTERNAL_POSE_FRAMES,
+    SPEECH_SECONDS,
+    UI_WORKFLOWS_DIR,
+    expected_standin_pose,
+    install_tiny_models,
+    ui_workflow_names,
+    with_tiny_overrides,
+    write_inputs,
+)
+
+try:
+    import onnx  # noqa: F401  (the DWPose stand-in models are built with it)
+except ImportError:
+    onnx = None
+
+WORKFLOWS = ui_workflow_names()
+SPEECH_FRAMES = round(SPEECH_SECONDS * 25)
+FILE_WIDGETS = ("image", "audio", "file", "checkpoint", "model", "folder", "detector", "pose_model")
+
+
+def ui_workflow(name: str) -> dict[str, Any]:
+    return json.loads((UI_WORKFLOWS_DIR / f"{name}.json").read_text())
+
+
+def input_types(classes: dict[str, type]) -> dict[str, dict[str, Any]]:
+    return {name: cls.INPUT_TYPES() for name, cls in classes.items()}
+
+
+@pytest.fixture()
+def workflow_host(comfy_host, fixtures_dir):
+    """The stubbed ComfyUI with tiny models and the workflows' input files in place."""
+    if onnx is None:
+        pytest.skip("the DWPose stand-in models need the dev package onnx")
+    folder_paths = comfy_host["folder_paths"]
+    install_tiny_models(Path(folder_paths.get_folder_paths("mmgt")[0]), fixtures_dir)
+    write_inputs(Path(folder_paths.get_input_directory()), fixtures_dir)
+    return comfy_host
+
+
+def run_twin(host: dict[str, Any], name: str):
+    prompt = with_tiny_overrides(load_prompt(API_TWINS_DIR / f"{name}_api.json"))
+    return run(prompt, host["classes"])
+
+
+def saved_video(host: dict[str, Any], prefix: str) -> tuple[int, float, float | None]:
+    """(decoded frames, fps, audio seconds or None) of what the SaveVideo stub wrote for ``prefix``."""
+    path = Path(host["folder_paths"].get_output_directory()) / f"{prefix}_00001.mp4"
+    with av.open(str(path)) as container:
+        fps = float(container.streams.video[0].average_rate)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        seconds = float(audio.duration * audio.time_base) if audio is not None and audio.duration else None
+        frames = sum(1 for _ in container.decode(video=0))
+    return frames, fps, seconds
+
+
+# --------------------------------------------------------------------------------------------- the files themselves
+
+
+def test_every_ui_workflow_has_an_api_twin():
+    assert set(WORKFLOWS) >= {"mmgt_audio_to_video", "mmgt_pose_to_video", "mmgt_audio_and_pose_to_video",
+                              "mmgt_audio_to_pose_preview"}
+    for name in WORKFLOWS:
+        assert (API_TWINS_DIR / f"{name}_api.json").is_file(), f"{name} has no API twin"
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_ui_workflow_converts_to_exactly_its_api_twin(comfy_host, name):
+    converted = convert(ui_workflow(name), input_types(comfy_host["classes"]))
+    assert converted == load_prompt(API_TWINS_DIR / f"{name}_api.json")
+
+
+def test_converter_skips_frontend_only_values_and_lets_links_replace_widgets(comfy_host):
+    workflow = ui_workflow("mmgt_pose_to_video")
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    sample, resample, audio = nodes[12], nodes[7], nodes[4]
+    assert sample["widgets_values"][2:5] == [42, "fixed", 30]  # seed, its "control after generate", steps
+    sample["widgets_values"][4] = 7
+    converted = convert(workflow, input_types(comfy_host["classes"]))
+    assert converted["12"]["inputs"]["seed"] == 42 and converted["12"]["inputs"]["steps"] == 7
+    assert resample["widgets_values"][0] == 30 and converted["7"]["inputs"]["fps_in"] == ["3", 2]
+    assert converted["4"]["inputs"] == {"audio": audio["widgets_values"][0]}  # audio player/upload values skipped
+    assert str(nodes[17]["id"]) not in converted and nodes[17]["type"] == "Note"
+    del sample["widgets_values"][-1]
+    with pytest.raises(ConversionError, match="no stored value for widget .context_schedule."):
+        convert(workflow, input_types(comfy_host["classes"]))
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_ui_workflow_uses_only_core_and_mmgt_nodes(comfy_host, name):
+    core = set(comfy_host["classes"]) - set(comfy_host["nodes"].NODE_CLASS_MAPPINGS)
+    types = {node["type"] for node in ui_workflow(name)["nodes"]}
+    foreign = {t for t in types if not t.startswith("MMGT_") and t not in core and t not in EDITOR_ONLY_NODES}
+    assert not foreign, f"{name} needs node types outside ComfyUI core and this pack: {foreign}"
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_ui_workflow_note_names_every_file_it_needs(name):
+    workflow = ui_workflow(name)
+    notes = " ".join(str(v) for node in workflow["nodes"] if node["type"] == "Note"
+                     for v in node["widgets_values"])
+    assert notes, f"{name} has no Note node"
+    needed = {value for node in load_prompt(API_TWINS_DIR / f"{name}_api.json").values()
+              for key, value in node["inputs"].items() if key in FILE_WIDGETS and isinstance(value, str)}
+    missing = sorted(file for file in needed if file not in notes)
+    assert not missing, f"the Note of {name} does not mention {missing}"
+
+
+# ------------------------------------------------------------------------------------------------------ the runs
+
+
+def test_audio_to_video_renders_one_frame_per_25th_of_a_second_with_the_speech(workflow_host):
+    result = run_twin(workflow_host, "mmgt_audio_to_video")
+    frames, fps, audio = result.outputs["16"]
+    assert frames.shape == (SPEECH_FRAMES, 128, 128, 3) and fps == 25.0
+    assert torch.isfinite(frames).all() and frames.std(dim=0).mean() > 0
+    assert audio["waveform"].shape[-1] == round(SPEECH_SECONDS * audio["sample_rate"])
+    assert saved_video(workflow_host, "mmgt/audio_to_video")[:2] == (SPEECH_FRAMES, 25.0)
+    assert saved_video(workflow_host, "mmgt/audio_to_video")[2] == pytest.approx(SPEECH_SECONDS, abs=0.1)
+    reference, expected = result.outputs["3"][0].keypoints[0], expected_standin_pose(192, 192)
+    seen = expected[:, 2] > 0
+    torch.testing.assert_close(reference[seen, :2], expected[seen, :2], atol=0.5, rtol=0)
+    assert (reference[~seen, 2] == 0).all()
+    assert result.ui["19"]["text"][0], "the reference-pose notes must be shown"
+
+
+def test_pose_video_at_30_fps_is_resampled_and_padded_to_the_speech(workflow_host):
+    result = run_twin(workflow_host, "mmgt_pose_to_video")
+    pose_frames, fps, notes = result.outputs["7"]
+    assert pose_frames.shape[0] == SPEECH_FRAMES and fps == 25.0 and "30" in notes
+    frames, video_fps, _ = result.outputs["13"]
+    assert frames.shape == (SPEECH_FRAMES, 128, 128, 3) and video_fps == 25.0
+    assert saved_video(workflow_host, "mmgt/pose_to_video") == pytest.approx((SPEECH_FRAMES, 25.0, SPEECH_SECONDS),
+                                                                             abs=0.1)
+
+
+def test_audio_and_external_pose_blend_to_the_shorter_length(workflow_host):
+    result = run_twin(workflow_host, "mmgt_audio_and_pose_to_video")
+    smga, aligned, blended = (result.outputs[i][0] for i in ("7", "9", "10"))
+    assert smga.num_frames == SPEECH_FRAMES and aligned.num_frames == EXTERNAL_POSE_FRAMES
+    assert blended.num_frames == EXTERNAL_POSE_FRAMES and (blended.width, blended.height) == (192, 192)
+    face = slice(24, 92)
+    torch.testing.assert_close(blended.keypoints[:, face], smga.keypoints[:EXTERNAL_POSE_FRAMES, face])
+    torch.testing.assert_close(blended.keypoints[:, :18], aligned.keypoints[:, :18])
+    neck = aligned.keypoints[:, 1, :2].median(dim=0).values
+    torch.testing.assert_close(neck, expected_standin_pose(192, 192)[1, :2], atol=1.0, rtol=0)
+    frames = result.outputs["19"][0]
+    assert frames.shape == (EXTERNAL_POSE_FRAMES, 128, 128, 3)
+    assert saved_video(workflow_host, "mmgt/audio_pose_to_video") == pytest.approx(
+        (EXTERNAL_POSE_FRAMES, 25.0, EXTERNAL_POSE_FRAMES / 25), abs=0.1)
+
+
+def test_audio_to_pose_preview_writes_pose_and_mask_videos(workflow_host):
+    result = run_twin(workflow_host, "mmgt_audio_to_pose_preview")
+    keypoints = result.outputs["7"][0]
+    assert keypoints.keypoints.shape == (SPEECH_FRAMES, 134, 3) and keypoints.fps == 25.0
+    assert result.outputs["8"][0].shape == (SPEECH_FRAMES, 192, 192, 3)
+    for prefix, has_audio in (("mmgt/pose_preview", True), ("mmgt/pose_preview_face_hands_mask", False),
+                              ("mmgt/pose_preview_lips_mask", False)):
+        frames, fps, audio = saved_video(workflow_host, prefix)
+        assert (frames, fps) == (SPEECH_FRAMES, 25.0) and (audio is not None) == has_audio, prefix
+    face_hands = result.outputs["11"][0]
+    assert face_hands.shape == (SPEECH_FRAMES, 192, 192) and face_hands.amax() == 1.0
