@@ -129,10 +129,9 @@ def run(args: argparse.Namespace) -> Path:
 def _stage2(args: argparse.Namespace, models: Path, device: torch.device, dtype: torch.dtype, image: Any,
             pose_frames: torch.Tensor, face_hands: torch.Tensor, lips: torch.Tensor, hands: torch.Tensor,
             mono: Optional[torch.Tensor], rate: int, timer: Timer) -> torch.Tensor:
-    from diffusers import AutoencoderKL
-
     from .audio.wav2vec import load_wav2vec2, wav2vec2_features
     from .video.conditioning import clip_image_embeds, load_clip_image_encoder
+    from .video.decode import load_vae
     from .video.net import load_video_net
 
     started = time.perf_counter()
@@ -142,7 +141,7 @@ def _stage2(args: argparse.Namespace, models: Path, device: torch.device, dtype:
         features, _ = wav2vec2_features(wav2vec, mono, rate)
         del wav2vec
     embeds = clip_image_embeds(load_clip_image_encoder(model_path(models, "image_encoder"), device, dtype), image)
-    vae = AutoencoderKL.from_pretrained(str(model_path(models, "vae")), local_files_only=True).to(device).eval()
+    vae = load_vae(model_path(models, "vae"), device)
     net = load_video_net(model_path(models, "video_net"), dtype=dtype, device=device)
     timer.measure("stage-II loading + audio/CLIP", started)
     options = VideoOptions(width=args.width, height=args.height, seed=args.seed, steps=args.steps, cfg=args.cfg,

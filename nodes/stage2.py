@@ -9,11 +9,11 @@ from typing import Any, Optional
 import torch
 
 from mmgt_core.audio.wav2vec import load_wav2vec2, wav2vec2_features
-from mmgt_core.errors import InputError, WeightsError
+from mmgt_core.errors import InputError
 from mmgt_core.pipeline import VideoOptions, video_conditioning
 from mmgt_core.timeline import trim_audio
 from mmgt_core.video.conditioning import MASK_MODES, clip_image_embeds, load_clip_image_encoder
-from mmgt_core.video.decode import decode_latents
+from mmgt_core.video.decode import decode_latents, load_vae
 from mmgt_core.video.net import VideoNet, load_video_net
 from mmgt_core.video.sampler import sample_latents
 
@@ -109,17 +109,9 @@ class LoadVAE:
                              "dtype": DTYPE_INPUT, "device": DEVICE_INPUT}}
 
     def load(self, folder: str, dtype: str, device: str) -> tuple[Any]:
-        from diffusers import AutoencoderKL
-
         with node_errors("MMGT Load VAE"):
             target, torch_dtype = _device_dtype(device, dtype)
-            path = host.resolve_model_path(folder)
-            try:
-                vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
-            except (OSError, ValueError) as error:
-                raise WeightsError(f"could not load the VAE folder '{folder}': {error}. Put stabilityai/"
-                                   "sd-vae-ft-mse (config.json + weights) in models/mmgt/sd-vae-ft-mse.") from error
-        return (vae.to(device=target, dtype=torch_dtype).eval(),)
+            return (load_vae(host.resolve_model_path(folder), target, torch_dtype),)
 
 
 class LoadImageEncoder:

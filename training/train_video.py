@@ -692,13 +692,9 @@ def frozen_dtype(accelerator: Any) -> torch.dtype:
 
 def load_frozen_encoders(config: TrainVideoConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """The VAE (diffusers folder) and the CLIP image encoder, frozen in eval mode."""
-    from diffusers import AutoencoderKL
+    from mmgt_core.video.decode import load_vae
 
-    try:
-        vae = AutoencoderKL.from_pretrained(config.models.vae, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"could not load the VAE from '{config.models.vae}': {exc}. Use sd-vae-ft-mse.") from exc
-    vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    vae = load_vae(config.models.vae, device, dtype).requires_grad_(False)
     clip = load_clip_image_encoder(config.models.image_encoder, device=device, dtype=dtype).requires_grad_(False)
     return vae, clip
 
