@@ -47,6 +47,18 @@ def _motion(config: VideoNetConfig, channels: int, zero_init: bool) -> MotionMod
                         motion.num_attention_blocks, zero_init)
 
 
+def _motion_modules(config: VideoNetConfig, channels: int, layers: int, use_motion: bool, zero_init: bool
+                    ) -> nn.ModuleList | None:
+    """One motion module per layer of a block, or None for a block without temporal layers."""
+    return nn.ModuleList([_motion(config, channels, zero_init) for _ in range(layers)]) if use_motion else None
+
+
+def _downsamplers(unet: UNetConfig, channels: int) -> nn.ModuleList:
+    """The SD1.5 strided-conv downsampler (named ``op``, so the state-dict keys match)."""
+    return nn.ModuleList([Downsample2D(channels, use_conv=True, out_channels=channels,
+                                       padding=unet.downsample_padding, name="op")])
+
+
 def _audio(config: VideoNetConfig, layer_in: int, channels: int, zero_init: bool) -> AudioTransformer:
     heads = config.unet.attention_heads
     dim = heads * (layer_in // heads)  # Q13: sized by the layer's input channels, applied to its output channels
@@ -70,14 +82,8 @@ class CrossAttnDownBlock3D(CheckpointedLayers):
             self.audio_modules = nn.ModuleList(
                 [_audio(config, layer_in, out_channels, zero_init) for layer_in in layer_inputs]
             )
-        self.motion_modules = (
-            nn.ModuleList([_motion(config, out_channels, zero_init) for _ in range(layers)]) if use_motion else None
-        )
-        self.downsamplers = (
-            nn.ModuleList([Downsample2D(out_channels, use_conv=True, out_channels=out_channels,
-                                        padding=unet.downsample_padding, name="op")])
-            if add_downsample else None
-        )
+        self.motion_modules = _motion_modules(config, out_channels, layers, use_motion, zero_init)
+        self.downsamplers = _downsamplers(unet, out_channels) if add_downsample else None
 
     def forward(self, frames: torch.Tensor, inputs: StepInputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
@@ -105,14 +111,8 @@ class DownBlock3D(CheckpointedLayers):
         unet, layers = config.unet, config.unet.layers_per_block
         layer_inputs = [in_channels] + [out_channels] * (layers - 1)
         self.resnets = nn.ModuleList([_resnet(unet, layer_in, out_channels) for layer_in in layer_inputs])
-        self.motion_modules = (
-            nn.ModuleList([_motion(config, out_channels, zero_init) for _ in range(layers)]) if use_motion else None
-        )
-        self.downsamplers = (
-            nn.ModuleList([Downsample2D(out_channels, use_conv=True, out_channels=out_channels,
-                                        padding=unet.downsample_padding, name="op")])
-            if add_downsample else None
-        )
+        self.motion_modules = _motion_modules(config, out_channels, layers, use_motion, zero_init)
+        self.downsamplers = _downsamplers(unet, out_channels) if add_downsample else None
 
     def forward(self, frames: torch.Tensor, inputs: StepInputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
@@ -160,9 +160,7 @@ class UpBlock3D(CheckpointedLayers):
             self.attentions = nn.ModuleList([_spatial(unet, out_channels) for _ in range(layers)])
         resnet_inputs = [layer_in + skip for layer_in, skip in zip(layer_inputs, skip_channels, strict=True)]
         self.resnets = nn.ModuleList([_resnet(unet, resnet_in, out_channels) for resnet_in in resnet_inputs])
-        self.motion_modules = (
-            nn.ModuleList([_motion(config, out_channels, zero_init) for _ in range(layers)]) if use_motion else None
-        )
+        self.motion_modules = _motion_modules(config, out_channels, layers, use_motion, zero_init)
         self.upsamplers = None
         if add_upsample:
             self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
