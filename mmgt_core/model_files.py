@@ -242,3 +242,22 @@ def check_choice(key: str, value: str, roots: Iterable[Path]) -> str | None:
         return (f"'{value}' holds the {describe(peek_kind(path))}, not the {model.what}. Pick another file, or "
                 f"put {model.path} in the MMGT model folder.")
     return None
+
+
+def require_folder_kind(folder: str | os.PathLike[str], key: str) -> None:
+    """Raise a WeightsError unless ``folder`` is a Hugging Face folder of component ``key`` (config.json checked
+    before any weights are read)."""
+    from .errors import WeightsError
+
+    model = MODEL_FILES_BY_KEY[key]
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsError(f"'{folder}' is not a folder. The {model.what} is a Hugging Face folder: put "
+                           f"{model.path} in models/mmgt (source: {model.source}).")
+    if not (folder / "config.json").is_file():
+        raise WeightsError(f"'{folder}' has no config.json, so it is not a Hugging Face model folder. Put the "
+                           f"{model.what} there ({model.source}: config.json and the weights).")
+    kind = peek_kind(folder)
+    if kind not in ACCEPTED_COMPONENTS[key]:
+        raise WeightsError(f"'{folder.name}' holds a {describe(kind)}, not the {model.what}. Pick the "
+                           f"{model.path} folder in the loader (source: {model.source}).")

@@ -1,0 +1,87 @@
+"""First-run rough edges: readable error type, throttled progress, pip names for missing packages, quiet
+loaders, folder loaders that recognise the wrong model kind, and notices for short or silent audio."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import shutil
+import sys
+
+import pytest
+import torch
+
+from mmgt_core.audio.wav2vec import load_wav2vec2
+from mmgt_core.errors import WeightsError
+from mmgt_core.packages import pip_name
+from mmgt_core.video.conditioning import load_clip_image_encoder
+
+
+def comfy_type_name(klass: type) -> str:
+    """What ComfyUI's execution.full_type_name prints for an exception class."""
+    return klass.__qualname__ if klass.__module__ == "builtins" else f"{klass.__module__}.{klass.__qualname__}"
+
+
+def test_node_errors_show_as_mmgt_error_without_a_module_path(comfy_host):
+    common = importlib.import_module("nodes.common")
+    with pytest.raises(common.MMGTNodeError) as caught, common.node_errors("MMGT Load VAE"):
+        raise WeightsError("the folder has no config.json")
+    assert comfy_type_name(type(caught.value)) == "MMGTError"
+    assert str(caught.value) == "[MMGT Load VAE] the folder has no config.json"
+
+
+def test_progress_sends_at_most_100_updates_and_stays_an_interruption_point(comfy_host):
+    host = importlib.import_module("nodes.host")
+    utils, management = sys.modules["comfy.utils"], sys.modules["comfy.model_management"]
+    utils.PROGRESS_LOG.clear()
+    report = host.progress_reporter(15000)
+    for step in range(1, 15001):
+        report(step, 15000)
+    assert 90 <= len(utils.PROGRESS_LOG) <= 100 and utils.PROGRESS_LOG[-1] == (15000, 15000)
+    report = host.progress_reporter(15000)
+    report(1, 15000)  # first percent: sent
+    management.interrupt_current_processing(True)
+    with pytest.raises(management.InterruptProcessingException):
+        report(2, 15000)  # not sent, but still checks the interrupt flag
+
+
+def test_a_missing_package_is_named_by_its_pip_name(comfy_host, monkeypatch, caplog):
+    assert pip_name("cv2") == "opencv-python-headless" and pip_name("PIL.Image") == "Pillow"
+    for name in [n for n in sys.modules if n == "nodes" or n.startswith("nodes.") or n.startswith("mmgt_core.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ModuleNotFoundError(name="cv2")
+    with caplog.at_level(logging.WARNING, logger="ComfyUI-MMGT"):
+        nodes = importlib.import_module("nodes")
+    assert any("opencv-python-headless" in reason for reason in nodes.SKIPPED_MODULES.values())
+    assert "pip install opencv-python-headless" in caplog.text
+
+
+def test_folder_loaders_are_quiet(fixtures_dir, capfd):
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    load_wav2vec2(fixtures_dir / "audio" / "wav2vec2_tiny")
+    load_clip_image_encoder(fixtures_dir / "stage2" / "tiny_image_encoder")
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err and "MISSING" not in out + err and "UNEXPECTED" not in out + err
+    assert transformers.logging.get_verbosity() == verbosity  # restored after loading
+
+
+def test_image_encoder_loader_refuses_a_wav2vec2_folder(fixtures_dir):
+    with pytest.raises(WeightsError, match="holds a wav2vec2 folder, not the CLIP"):
+        load_clip_image_encoder(fixtures_dir / "audio" / "wav2vec2_tiny")
+
+
+def test_wav2vec2_loader_refuses_a_clip_folder(fixtures_dir):
+    with pytest.raises(WeightsError, match="holds a CLIP vision image-encoder folder, not the wav2vec2"):
+        load_wav2vec2(fixtures_dir / "stage2" / "tiny_image_encoder")
+
+
+def test_a_pickled_bin_with_objects_is_refused_with_a_clear_error(fixtures_dir, tmp_path):
+    folder = tmp_path / "wav2vec2-base-960h"
+    folder.mkdir()
+    shutil.copyfile(fixtures_dir / "audio" / "wav2vec2_tiny" / "config.json", folder / "config.json")
+    torch.save({"weight": argparse.Namespace(code=1)}, folder / "pytorch_model.bin")
+    with pytest.raises(WeightsError, match="never unpickles code"):
+        load_wav2vec2(folder)
