@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.stage1 import stage1_features
 from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds, is_silent, to_mono
 from mmgt_core.audio.wavlm import WavLMEncoder, load_wavlm
@@ -24,6 +26,7 @@ from .pose import KEYPOINTS_INPUT, KEYPOINTS_TYPE
 SMGA_TYPE = "MMGT_SMGA"
 WAVLM_TYPE = "MMGT_WAVLM"
 STAGE1_AUDIO_TYPE = "MMGT_STAGE1_AUDIO"
+LOGGER = logging.getLogger("ComfyUI-MMGT")
 
 
 @dataclass
@@ -130,8 +133,8 @@ class Stage1AudioFeatures:
                    "25 fps for any length of audio; one row per output video frame.")
     CATEGORY = "MMGT/audio"
     FUNCTION = "encode"
-    RETURN_TYPES = (STAGE1_AUDIO_TYPE, "FLOAT", "INT")
-    RETURN_NAMES = ("audio_features", "duration_s", "frames")
+    RETURN_TYPES = (STAGE1_AUDIO_TYPE, "FLOAT", "INT", "STRING")
+    RETURN_NAMES = ("audio_features", "duration_s", "frames", "notes")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -140,13 +143,17 @@ class Stage1AudioFeatures:
             "wavlm": (WAVLM_TYPE, {"tooltip": "From MMGT Load WavLM."}),
         }}
 
-    def encode(self, audio: dict[str, Any], wavlm: LoadedWavLM) -> tuple[Stage1Audio, float, int]:
+    def encode(self, audio: dict[str, Any], wavlm: LoadedWavLM) -> tuple[Stage1Audio, float, int, str]:
         with node_errors("MMGT Stage-I Audio Features"):
             mono, rate = audio_to_mono(audio)
             duration = duration_seconds(mono.shape[0], rate)
             features = stage1_features(mono, rate, wavlm.encoder, device=wavlm.device, dtype=wavlm.dtype,
                                        progress=host.progress_reporter(1), check_cancel=host.check_cancel)
-        return Stage1Audio(features, duration, is_silent(mono)), duration, int(features.shape[0])
+            notes = audio_notices(mono, rate, stage="I")
+        for note in notes:
+            LOGGER.warning("[MMGT Stage-I Audio Features] %s", note)
+        return (Stage1Audio(features, duration, is_silent(mono)), duration, int(features.shape[0]),
+                "\n".join(notes) or f"{duration:.2f} s of audio, {int(features.shape[0])} frames.")
 
 
 class ReferencePose:

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import torch
 
+from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.wav2vec import load_wav2vec2, wav2vec2_features
 from mmgt_core.errors import InputError
 from mmgt_core.pipeline import VideoOptions, video_conditioning
@@ -20,7 +21,7 @@ from mmgt_core.video.sampler import sample_latents
 from . import host
 from .common import node_errors
 from .model_files import choices, first_problem, validate_file, validate_number
-from .stage1 import DEVICE_INPUT, DTYPE_INPUT, _device_dtype, audio_to_mono
+from .stage1 import DEVICE_INPUT, DTYPE_INPUT, LOGGER, _device_dtype, audio_to_mono
 
 VIDEO_NET_TYPE = "MMGT_VIDEO_NET"
 MMGT_VAE_TYPE = "MMGT_VAE"
@@ -168,19 +169,22 @@ class Stage2AudioFeatures:
                    "resampled to 25 fps before the transformer, all layer outputs), for any length of audio.")
     CATEGORY = "MMGT/audio"
     FUNCTION = "encode"
-    RETURN_TYPES = (STAGE2_AUDIO_TYPE, "INT")
-    RETURN_NAMES = ("audio_features", "frames")
+    RETURN_TYPES = (STAGE2_AUDIO_TYPE, "INT", "STRING")
+    RETURN_NAMES = ("audio_features", "frames", "notes")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"audio": ("AUDIO", {"tooltip": "Speech (any rate, any channels; mixed to mono)."}),
                              "wav2vec2": (WAV2VEC_TYPE, {"tooltip": "From MMGT Load wav2vec2."})}}
 
-    def encode(self, audio: dict[str, Any], wav2vec2: Any) -> tuple[Stage2Audio, int]:
+    def encode(self, audio: dict[str, Any], wav2vec2: Any) -> tuple[Stage2Audio, int, str]:
         with node_errors("MMGT Stage-II Audio Features"):
             mono, rate = audio_to_mono(audio)
             features, frames = wav2vec2_features(wav2vec2, mono, rate)
-        return Stage2Audio(features, frames, audio), frames
+            notes = audio_notices(mono, rate, stage="II")
+        for note in notes:
+            LOGGER.warning("[MMGT Stage-II Audio Features] %s", note)
+        return Stage2Audio(features, frames, audio), frames, "\n".join(notes) or f"{frames} frames of audio features."
 
 
 class _ComfyVAE:

@@ -85,3 +85,41 @@ def test_a_pickled_bin_with_objects_is_refused_with_a_clear_error(fixtures_dir, 
     torch.save({"weight": argparse.Namespace(code=1)}, folder / "pytorch_model.bin")
     with pytest.raises(WeightsError, match="never unpickles code"):
         load_wav2vec2(folder)
+
+
+# ------------------------------------------------------------------------------------- short or silent audio
+
+
+def _speech_like(seconds: float, rate: int = 16000, silent_from: float | None = None) -> torch.Tensor:
+    t = torch.arange(int(seconds * rate)) / rate
+    wave = 0.3 * torch.sin(2 * torch.pi * 180 * t) * (1 + torch.sin(2 * torch.pi * 3 * t))
+    if silent_from is not None:
+        wave[int(silent_from * rate):] = 0
+    return wave
+
+
+def test_audio_notices_follow_the_audio_policy():
+    from mmgt_core.audio.notices import audio_notices, silent_share
+
+    assert audio_notices(_speech_like(4.0), 16000, "I") == []
+    short = audio_notices(_speech_like(0.3), 16000, "I")
+    assert len(short) == 1 and "0.30 s" in short[0] and "padded" in short[0] and "8 frames" in short[0]
+    assert audio_notices(_speech_like(0.3), 16000, "II") == []  # Stage II has no 3.2 s window
+    assert any("silent" in n and "every sample" in n for n in audio_notices(torch.zeros(64000), 16000, "I"))
+    mostly = audio_notices(_speech_like(10.0, silent_from=1.0), 16000, "II")
+    assert len(mostly) == 1 and "90%" in mostly[0]
+    assert silent_share(_speech_like(10.0, silent_from=5.0), 16000) == pytest.approx(0.5, abs=0.01)
+
+
+def test_stage1_features_node_reports_short_audio_in_its_notes(comfy_host, fixtures_dir):
+    from nodes.stage1 import LoadWavLM, Stage1AudioFeatures
+
+    models = comfy_host["folder_paths"].get_folder_paths("mmgt")[0]
+    shutil.copytree(fixtures_dir / "audio" / "wavlm_tiny", f"{models}/wavlm")
+    wavlm = LoadWavLM().load("wavlm/WavLM-tiny.pt", "fp32", "cpu")[0]
+    audio = {"waveform": _speech_like(0.3)[None, None], "sample_rate": 16000}
+    _, duration, frames, notes = Stage1AudioFeatures().encode(audio, wavlm)
+    assert frames == 8 and "shorter than one SMGA window" in notes
+    _, _, _, notes = Stage1AudioFeatures().encode({"waveform": _speech_like(3.3)[None, None],
+                                                   "sample_rate": 16000}, wavlm)
+    assert "shorter" not in notes and "silent" not in notes
