@@ -123,3 +123,41 @@ def test_stage1_features_node_reports_short_audio_in_its_notes(comfy_host, fixtu
     _, _, _, notes = Stage1AudioFeatures().encode({"waveform": _speech_like(3.3)[None, None],
                                                    "sample_rate": 16000}, wavlm)
     assert "shorter" not in notes and "silent" not in notes
+
+
+# ------------------------------------------------------------------------------------------- doctor anywhere
+
+
+def test_doctor_runs_from_a_comfyui_root_through_the_launcher(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    pack = Path(__file__).resolve().parents[1]
+    (tmp_path / "custom_nodes").mkdir()
+    (tmp_path / "custom_nodes" / "ComfyUI-MMGT").symlink_to(pack)
+    (tmp_path / "models" / "mmgt" / "dwpose").mkdir(parents=True)
+    (tmp_path / "models" / "mmgt" / "dwpose" / "yolox_l.onnx").write_bytes(b"x")
+    done = subprocess.run([sys.executable, "custom_nodes/ComfyUI-MMGT/mmgt_cli.py", "doctor", "--models",
+                           "models/mmgt", "--no-smoke"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"found    {Path('models/mmgt/dwpose/yolox_l.onnx')}" in done.stdout
+    assert "MISSING  put it at models/mmgt/audio2pose_best_model.pt" in done.stdout
+
+
+def test_doctor_says_when_the_models_folder_does_not_exist(tmp_path):
+    from mmgt_core.cli_doctor import install_report
+
+    text = install_report(tmp_path / "nowhere")
+    assert "does not exist" in text and "MISSING  put it at" not in text and "not yet  audio→video" in text
+
+
+def test_doctor_node_shows_the_same_table(comfy_host):
+    from pathlib import Path
+
+    from mmgt_core.cli_doctor import install_report
+
+    folder = Path(comfy_host["folder_paths"].get_folder_paths("mmgt")[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    result = comfy_host["classes"]["MMGT_Doctor"]().check()
+    assert result["ui"]["text"][0] == result["result"][0] == install_report(folder)
+    assert "MISSING  put it at models/mmgt/net-32500.pth" in result["result"][0]
