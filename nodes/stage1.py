@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -179,9 +180,12 @@ class ReferencePose:
                         pose_model: str | None = None) -> bool | str:
         if backend not in (None, "auto", "dwpose", "mediapipe"):
             return f"backend '{backend}' is not one of auto, dwpose, mediapipe."
-        if backend != "dwpose":  # auto falls back to MediaPipe, mediapipe needs no files
+        if backend == "mediapipe":
             return True
-        return first_problem(validate_file("dwpose_det", detector), validate_file("dwpose_pose", pose_model))
+        dwpose = first_problem(validate_file("dwpose_det", detector), validate_file("dwpose_pose", pose_model))
+        if backend == "auto" and dwpose is not True and importlib.util.find_spec("mediapipe") is not None:
+            return True  # auto falls back to MediaPipe
+        return dwpose
 
     def detect(self, image: torch.Tensor, backend: str, detector: str, pose_model: str) -> tuple[PoseSequence, str]:
         from mmgt_core.pose_detect import detect_reference_pose

@@ -3,6 +3,7 @@ first, a missing default shown as missing, and VALIDATE_INPUTS messages for miss
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -73,8 +74,11 @@ def test_an_empty_models_folder_shows_missing_entries_and_fails_validation(comfy
         assert isinstance(message, str) and "missing" in message and "MMGT Download Models" in message, node
     # the default file name of a saved workflow is reported as missing, never accepted
     assert "missing" in classes["MMGT_LoadWavLM"].VALIDATE_INPUTS(model="wavlm/WavLM-Large.pt")
-    # auto / mediapipe do not need the ONNX files
-    assert classes["MMGT_ReferencePose"].VALIDATE_INPUTS(backend="auto", detector="x", pose_model="y") is True
+    # mediapipe needs no ONNX files; auto needs them unless MediaPipe is installed
+    reference_pose = classes["MMGT_ReferencePose"]
+    assert reference_pose.VALIDATE_INPUTS(backend="mediapipe", detector="x", pose_model="y") is True
+    auto = reference_pose.VALIDATE_INPUTS(backend="auto", detector="x", pose_model="y")
+    assert (auto is True) == (importlib.util.find_spec("mediapipe") is not None)
 
 
 def test_a_file_of_another_component_is_not_listed_and_fails_validation(comfy_host, fixtures_dir):
