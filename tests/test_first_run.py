@@ -48,11 +48,19 @@ def test_progress_sends_at_most_100_updates_and_stays_an_interruption_point(comf
 
 def test_a_missing_package_is_named_by_its_pip_name(comfy_host, monkeypatch, caplog):
     assert pip_name("cv2") == "opencv-python-headless" and pip_name("PIL.Image") == "Pillow"
-    for name in [n for n in sys.modules if n == "nodes" or n.startswith("nodes.") or n.startswith("mmgt_core.")]:
-        monkeypatch.delitem(sys.modules, name)
+    def ours(name: str) -> bool:
+        return name == "nodes" or name.startswith(("nodes.", "mmgt_core."))
+
+    for name in [n for n in sys.modules if ours(n)]:
+        monkeypatch.delitem(sys.modules, name)  # restored after the test
+    before = set(sys.modules)
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ModuleNotFoundError(name="cv2")
-    with caplog.at_level(logging.WARNING, logger="ComfyUI-MMGT"):
-        nodes = importlib.import_module("nodes")
+    try:
+        with caplog.at_level(logging.WARNING, logger="ComfyUI-MMGT"):
+            nodes = importlib.import_module("nodes")
+    finally:
+        for name in [n for n in set(sys.modules) - before if ours(n)]:
+            del sys.modules[name]  # no fresh copies of our modules outlive the test
     assert any("opencv-python-headless" in reason for reason in nodes.SKIPPED_MODULES.values())
     assert "pip install opencv-python-headless" in caplog.text
 
