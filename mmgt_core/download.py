@@ -81,20 +81,26 @@ def _published(remote: RemoteFile, endpoint: Optional[str], headers: dict[str, s
     except Exception as exc:  # huggingface_hub raises many types (HTTP, offline, not found); all say the same
         raise DownloadError(f"could not reach {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}. Check the "
                             "network (or HF_ENDPOINT for a mirror) and run the download again.") from exc
-    return _Published(meta.location or url, meta.size, (meta.etag or "").strip('"').removeprefix("W/"),
+    return _Published(meta.location or url, meta.size, (meta.etag or "").removeprefix("W/").strip('"'),
                       meta.commit_hash)
 
 
 class _CountingFile:
-    """A file object for ``http_get`` that reports progress and checks for cancel on every chunk."""
+    """A file object for ``http_get`` that reports progress and checks for cancel on every chunk; an exception
+    from the callback (e.g. the host's cancel) is kept so it reaches the caller unchanged."""
 
     def __init__(self, handle: BinaryIO, on_bytes: Callable[[int], None]) -> None:
         self._handle = handle
         self._on_bytes = on_bytes
+        self.stopped_by: Optional[BaseException] = None
 
     def write(self, chunk: bytes) -> int:
         written = self._handle.write(chunk)
-        self._on_bytes(len(chunk))
+        try:
+            self._on_bytes(len(chunk))
+        except BaseException as exc:
+            self.stopped_by = exc
+            raise
         return written
 
     def __getattr__(self, name: str) -> Any:
@@ -138,12 +144,13 @@ def _fetch(remote: RemoteFile, published: _Published, part: Path, headers: dict[
     if published.size is not None and resume == published.size:
         return
     with open(part, "ab") as handle:
+        counting = _CountingFile(handle, on_bytes)
         try:
-            http_get(published.url, _CountingFile(handle, on_bytes), resume_size=resume, headers=dict(headers),
+            http_get(published.url, counting, resume_size=resume, headers=dict(headers),
                      expected_size=published.size)
-        except MMGTError:
-            raise
         except Exception as exc:
+            if counting.stopped_by is not None:  # cancelled: the partial file stays for the next run
+                raise counting.stopped_by from None
             handle.flush()
             have = part.stat().st_size
             raise DownloadError(

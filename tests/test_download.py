@@ -141,3 +141,28 @@ def test_cli_download_and_the_node(hub, tmp_path, monkeypatch, capsys, comfy_hos
     target = Path(comfy_host["folder_paths"].get_folder_paths("mmgt")[0])
     assert "downloaded  net-32500.pth" in text and (target / "sd-vae-ft-mse" / "config.json").is_file()
     assert result["result"] == (text,)
+
+
+def test_cancel_reaches_the_caller_unchanged_and_the_next_run_resumes(hub, tmp_path):
+    class Cancelled(Exception):
+        pass
+
+    models = tmp_path / "mmgt"
+    key = _key("video_net")
+    chunk = 10 * 1024 * 1024
+    hub.state.files[key] = HubFile(bytes(range(256)) * ((chunk + chunk // 2) // 256), lfs=True)
+    calls = []
+
+    def cancel_after_first_chunk() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        download.download_missing(models, "pose2video", endpoint=hub.endpoint, check_cancel=cancel_after_first_chunk,
+                                  log=lambda _: None)
+    part = models / download.STAGING_DIR / "net-32500.pth.part"
+    assert part.stat().st_size == chunk
+    download.download_missing(models, "pose2video", endpoint=hub.endpoint, log=lambda _: None)
+    assert (models / "net-32500.pth").read_bytes() == hub.state.files[key].data
+    assert [r for m, k, r in hub.state.log if m == "GET" and k == key][-1] == f"bytes={chunk}-"
