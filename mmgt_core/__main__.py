@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                             ("doctor", "list the model files each mode needs and smoke-test the install")):
         command = sub.add_parser(name, help=help_text, add_help=False)
         command.set_defaults(func=_delegate(f"cli_{name}"))
+    sub.add_parser("download", add_help=False, help="fetch the missing model files of a mode from their public "
+                   "sources (--mode audio2video|pose2video|audio2pose|all, --models DIR)"
+                   ).set_defaults(func=_delegate("download"))
     return parser
 
 

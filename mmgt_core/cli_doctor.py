@@ -39,6 +39,21 @@ def _model_report(roots: list[Path]) -> tuple[list[str], dict[str, bool]]:
     return lines, ready
 
 
+def install_report(models: Path) -> str:
+    """Packages, every model file each mode needs (found or missing, where it goes), and which modes are ready:
+    the table both ``doctor`` and the MMGT Doctor node show."""
+    lines = ["ComfyUI-MMGT doctor", "", "Packages:", *_package_report()]
+    if models.is_dir():
+        model_lines, ready = _model_report([models])
+        lines += ["", f"Model files (folder: {models.resolve()}):", *model_lines]
+    else:
+        ready = {mode: False for mode in MODES}
+        lines += ["", f"Model folder {models.resolve()} does not exist. Create it (ComfyUI/models/mmgt), pass "
+                      "--models with the right folder, or run `python -m mmgt_core download --models <folder>`."]
+    lines += ["", "Modes:", *(f"  {'ready   ' if ok else 'not yet '} {mode}" for mode, ok in ready.items())]
+    return "\n".join(lines)
+
+
 def _smoke_steps() -> list[tuple[str, object]]:
     """The smoke steps available in this build: (name, zero-argument callable returning a short result)."""
     from . import smoke
@@ -55,15 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the MMGT model folder (ComfyUI/models/mmgt); default: $MMGT_MODELS_DIR or models/mmgt")
     parser.add_argument("--no-smoke", action="store_true", help="skip the smoke run on tiny random weights")
     args = parser.parse_args(argv)
-    print("ComfyUI-MMGT doctor\n\nPackages:")
-    print("\n".join(_package_report()))
-    roots = [Path(args.models)]
-    lines, ready = _model_report(roots)
-    print(f"\nModel files (folder: {Path(args.models).resolve()}):")
-    print("\n".join(lines))
-    print("\nModes:")
-    for mode, ok in ready.items():
-        print(f"  {'ready   ' if ok else 'not yet '} {mode}")
+    print(install_report(Path(args.models)))
     if args.no_smoke:
         return 0
     print("\nSmoke run on tiny random weights (proves the code paths work; the output is noise):")

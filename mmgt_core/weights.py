@@ -58,6 +58,22 @@ def _flatten_tensors(tree: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     return flat
 
 
+def readable_load_error(error: BaseException) -> str:
+    """One line for a failed load; a refused pickle (also when a library wrapped it) says that this pack never
+    unpickles code."""
+    cause: BaseException | None = error
+    seen: set[int] = set()
+    while cause is not None and not isinstance(cause, pickle.UnpicklingError) and id(cause) not in seen:
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None and not isinstance(cause, pickle.UnpicklingError):
+        cause = None
+    if cause is not None:
+        return ("a pickled weight file in it holds code or objects that are not plain weights, and this pack never "
+                "unpickles code. Use the model's .safetensors weights, or re-download the folder from its source.")
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def _torch_load_safely(path: Path) -> Any:
     """torch.load with weights_only=True; turn a refusal into a message that says why and what to do."""
     try:

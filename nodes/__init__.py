@@ -6,10 +6,12 @@ from __future__ import annotations
 import importlib
 import logging
 
+from mmgt_core.packages import pip_name
+
 from . import host
 
 LOGGER = logging.getLogger("ComfyUI-MMGT")
-STAGE_MODULES = ("pose", "stage1", "stage2", "workflow")
+STAGE_MODULES = ("pose", "stage1", "stage2", "workflow", "download", "doctor")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
@@ -23,9 +25,11 @@ for _name in STAGE_MODULES:
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith(__name__):
             continue  # the stage module itself is not part of this build
-        SKIPPED_MODULES[_name] = f"missing package '{exc.name}'"
-        LOGGER.warning("[MMGT] %s nodes disabled: missing package '%s' (pip install -r requirements.txt)",
-                       _name, exc.name)
+        _package = pip_name(exc.name or "")
+        SKIPPED_MODULES[_name] = f"missing package '{_package}' (import {exc.name})"
+        LOGGER.warning("[MMGT] %s nodes disabled: missing package '%s' (import %s). Fix: run `python -m pip "
+                       "install %s` with ComfyUI's Python, or pip install -r requirements.txt in the pack folder.",
+                       _name, _package, exc.name, _package)
         continue
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

@@ -11,7 +11,15 @@ from mmgt_core.errors import MMGTError
 
 
 class MMGTNodeError(RuntimeError):
-    """An error shown in ComfyUI as one readable line: which node, which input, what to do."""
+    """An error shown in ComfyUI as one readable line: which node, which input, what to do.
+
+    ComfyUI prints an exception's type as ``module.qualname`` unless the module is ``builtins``; a custom node's
+    module is a file path, so the class presents itself as plain ``MMGTError``.
+    """
+
+
+MMGTNodeError.__module__ = "builtins"
+MMGTNodeError.__qualname__ = "MMGTError"
 
 
 @contextmanager

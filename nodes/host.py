@@ -122,13 +122,26 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+PROGRESS_UPDATES = 100
+"""Most progress events one node sends to the browser (one per percent; the last step always goes out)."""
+
+
 def progress_reporter(total: int) -> ProgressFn:
-    """A ``progress(step, total)`` callable: ComfyUI's ProgressBar (an interruption point too), or tqdm."""
+    """A ``progress(step, total)`` callable: ComfyUI's ProgressBar (throttled to ``PROGRESS_UPDATES`` events; every
+    call is still an interruption point), or tqdm."""
     if IN_COMFYUI:
         bar = comfy_utils.ProgressBar(total)
+        last_sent = {"bucket": 0, "total": total}
 
         def report(step: int, new_total: int) -> None:
-            bar.update_absolute(step, new_total)
+            if new_total != last_sent["total"]:  # a new total starts the count again
+                last_sent.update(bucket=0, total=new_total)
+            bucket = min(step, new_total) * PROGRESS_UPDATES // max(new_total, 1)
+            if bucket > last_sent["bucket"]:
+                last_sent["bucket"] = bucket
+                bar.update_absolute(step, new_total)
+            else:
+                model_management.throw_exception_if_processing_interrupted()
 
         return report
     from tqdm.auto import tqdm

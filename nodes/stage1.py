@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.stage1 import stage1_features
 from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds, is_silent, to_mono
 from mmgt_core.audio.wavlm import WavLMEncoder, load_wavlm
@@ -18,11 +21,13 @@ from mmgt_core.smga.model import GestureDecoder, load_smga
 
 from . import host
 from .common import image_to_uint8_frames, node_errors
+from .model_files import choices, first_problem, validate_file
 from .pose import KEYPOINTS_INPUT, KEYPOINTS_TYPE
 
 SMGA_TYPE = "MMGT_SMGA"
 WAVLM_TYPE = "MMGT_WAVLM"
 STAGE1_AUDIO_TYPE = "MMGT_STAGE1_AUDIO"
+LOGGER = logging.getLogger("ComfyUI-MMGT")
 
 
 @dataclass
@@ -51,11 +56,6 @@ class Stage1Audio:
     silent: bool
 
 
-def _weight_files(*suffixes: str) -> list[str]:
-    files = [f for f in host.list_model_files() if f.endswith(suffixes)]
-    return files or ["(put a file in models/mmgt)"]
-
-
 def _device_dtype(device_choice: str, dtype_choice: str) -> tuple[torch.device, torch.dtype]:
     device = host.torch_device(device_choice)
     return device, host.resolve_dtype(dtype_choice, device)
@@ -77,11 +77,15 @@ class LoadSMGA:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "checkpoint": (_weight_files(".pt", ".pth", ".safetensors"),
+            "checkpoint": (choices("smga"),
                            {"tooltip": "SMGA weights in models/mmgt: audio2pose_best_model.pt or smga.safetensors."}),
             "dtype": DTYPE_INPUT,
             "device": DEVICE_INPUT,
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, checkpoint: str | None = None) -> bool | str:
+        return validate_file("smga", checkpoint)
 
     def load(self, checkpoint: str, dtype: str, device: str) -> tuple[LoadedSMGA]:
         with node_errors("MMGT Load SMGA"):
@@ -100,14 +104,16 @@ class LoadWavLM:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        choices = [f for f in host.list_model_files() if "wavlm" in f.lower() and f.endswith((".pt", ".safetensors"))]
-        choices += [d for d in host.list_model_dirs() if "wavlm" in d.lower()]
         return {"required": {
-            "model": (choices or ["wavlm/WavLM-Large.pt"], {"tooltip": "wavlm/WavLM-Large.pt (official), a "
-                                                                       "converted .safetensors, or a HF folder."}),
+            "model": (choices("wavlm"), {"tooltip": "wavlm/WavLM-Large.pt (official), a converted .safetensors, "
+                                                    "or a HF folder such as wavlm-large."}),
             "dtype": DTYPE_INPUT,
             "device": DEVICE_INPUT,
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model: str | None = None) -> bool | str:
+        return validate_file("wavlm", model)
 
     def load(self, model: str, dtype: str, device: str) -> tuple[LoadedWavLM]:
         with node_errors("MMGT Load WavLM"):
@@ -128,8 +134,8 @@ class Stage1AudioFeatures:
                    "25 fps for any length of audio; one row per output video frame.")
     CATEGORY = "MMGT/audio"
     FUNCTION = "encode"
-    RETURN_TYPES = (STAGE1_AUDIO_TYPE, "FLOAT", "INT")
-    RETURN_NAMES = ("audio_features", "duration_s", "frames")
+    RETURN_TYPES = (STAGE1_AUDIO_TYPE, "FLOAT", "INT", "STRING")
+    RETURN_NAMES = ("audio_features", "duration_s", "frames", "notes")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -138,13 +144,17 @@ class Stage1AudioFeatures:
             "wavlm": (WAVLM_TYPE, {"tooltip": "From MMGT Load WavLM."}),
         }}
 
-    def encode(self, audio: dict[str, Any], wavlm: LoadedWavLM) -> tuple[Stage1Audio, float, int]:
+    def encode(self, audio: dict[str, Any], wavlm: LoadedWavLM) -> tuple[Stage1Audio, float, int, str]:
         with node_errors("MMGT Stage-I Audio Features"):
             mono, rate = audio_to_mono(audio)
             duration = duration_seconds(mono.shape[0], rate)
             features = stage1_features(mono, rate, wavlm.encoder, device=wavlm.device, dtype=wavlm.dtype,
                                        progress=host.progress_reporter(1), check_cancel=host.check_cancel)
-        return Stage1Audio(features, duration, is_silent(mono)), duration, int(features.shape[0])
+            notes = audio_notices(mono, rate, stage="I")
+        for note in notes:
+            LOGGER.warning("[MMGT Stage-I Audio Features] %s", note)
+        return (Stage1Audio(features, duration, is_silent(mono)), duration, int(features.shape[0]),
+                "\n".join(notes) or f"{duration:.2f} s of audio, {int(features.shape[0])} frames.")
 
 
 class ReferencePose:
@@ -157,15 +167,25 @@ class ReferencePose:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        onnx_files = [f for f in host.list_model_files() if f.endswith(".onnx")]
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The reference image (first image of the batch is used)."}),
             "backend": (["auto", "dwpose", "mediapipe"], {"default": "auto", "tooltip": "auto: DWPose when its "
                                                           "two ONNX files are present, else MediaPipe if installed."}),
-            "detector": (["dwpose/yolox_l.onnx", *onnx_files], {"tooltip": "DWPose person detector (yolox_l.onnx)."}),
-            "pose_model": (["dwpose/dw-ll_ucoco_384.onnx", *onnx_files],
-                           {"tooltip": "DWPose whole-body model (dw-ll_ucoco_384.onnx)."}),
+            "detector": (choices("dwpose_det"), {"tooltip": "DWPose person detector (yolox_l.onnx)."}),
+            "pose_model": (choices("dwpose_pose"), {"tooltip": "DWPose whole-body model (dw-ll_ucoco_384.onnx)."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, backend: str | None = None, detector: str | None = None,
+                        pose_model: str | None = None) -> bool | str:
+        if backend not in (None, "auto", "dwpose", "mediapipe"):
+            return f"backend '{backend}' is not one of auto, dwpose, mediapipe."
+        if backend == "mediapipe":
+            return True
+        dwpose = first_problem(validate_file("dwpose_det", detector), validate_file("dwpose_pose", pose_model))
+        if backend == "auto" and dwpose is not True and importlib.util.find_spec("mediapipe") is not None:
+            return True  # auto falls back to MediaPipe
+        return dwpose
 
     def detect(self, image: torch.Tensor, backend: str, detector: str, pose_model: str) -> tuple[PoseSequence, str]:
         from mmgt_core.pose_detect import detect_reference_pose

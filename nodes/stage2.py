@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import torch
 
+from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.wav2vec import load_wav2vec2, wav2vec2_features
 from mmgt_core.errors import InputError
 from mmgt_core.pipeline import VideoOptions, video_conditioning
@@ -19,7 +20,8 @@ from mmgt_core.video.sampler import sample_latents
 
 from . import host
 from .common import node_errors
-from .stage1 import DEVICE_INPUT, DTYPE_INPUT, _device_dtype, _weight_files, audio_to_mono
+from .model_files import choices, first_problem, validate_file, validate_number
+from .stage1 import DEVICE_INPUT, DTYPE_INPUT, LOGGER, _device_dtype, audio_to_mono
 
 VIDEO_NET_TYPE = "MMGT_VIDEO_NET"
 MMGT_VAE_TYPE = "MMGT_VAE"
@@ -62,11 +64,6 @@ class VideoLatents:
     audio: Optional[dict[str, Any]] = None  # the driving clip, muxed into the output video
 
 
-def _folders(keyword: str) -> list[str]:
-    found = [d for d in host.list_model_dirs() if keyword in d.lower()]
-    return found or [f"(put the {keyword} folder in models/mmgt)"]
-
-
 class LoadVideoNet:
     DESCRIPTION = ("Loads the Stage-II video network: the official net-*.pth (ReferenceNet, 3D UNet with motion and "
                    "MM-HAA audio modules, PoseGuider, AudioProj; opened safely and loaded strictly) or an MMGT "
@@ -79,13 +76,17 @@ class LoadVideoNet:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "checkpoint": (_weight_files(".pth", ".pt", ".safetensors"),
+            "checkpoint": (choices("video_net"),
                            {"tooltip": "net-32500.pth (official) or a converted .safetensors in models/mmgt."}),
             "dtype": DTYPE_INPUT,
             "device": DEVICE_INPUT,
             "offload": (host.OFFLOAD_CHOICES, {"default": "none", "tooltip": "model_cpu_offload: keep the weights "
                                                "on the CPU between runs (saves GPU memory, slower start)."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, checkpoint: str | None = None) -> bool | str:
+        return validate_file("video_net", checkpoint)
 
     def load(self, checkpoint: str, dtype: str, device: str, offload: str) -> tuple[LoadedVideoNet]:
         with node_errors("MMGT Load Video Net"):
@@ -105,8 +106,12 @@ class LoadVAE:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"folder": (_folders("vae"), {"tooltip": "A diffusers VAE folder, e.g. sd-vae-ft-mse."}),
+        return {"required": {"folder": (choices("vae"), {"tooltip": "A diffusers VAE folder, e.g. sd-vae-ft-mse."}),
                              "dtype": DTYPE_INPUT, "device": DEVICE_INPUT}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
+        return validate_file("vae", folder)
 
     def load(self, folder: str, dtype: str, device: str) -> tuple[Any]:
         with node_errors("MMGT Load VAE"):
@@ -124,9 +129,13 @@ class LoadImageEncoder:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"folder": (_folders("image_encoder"), {"tooltip": "A CLIPVisionModelWithProjection "
+        return {"required": {"folder": (choices("image_encoder"), {"tooltip": "A CLIPVisionModelWithProjection "
                                                                                "folder."}),
                              "dtype": DTYPE_INPUT, "device": DEVICE_INPUT}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
+        return validate_file("image_encoder", folder)
 
     def load(self, folder: str, dtype: str, device: str) -> tuple[Any]:
         with node_errors("MMGT Load Image Encoder"):
@@ -143,8 +152,12 @@ class LoadWav2Vec2:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"folder": (_folders("wav2vec"), {"tooltip": "facebook/wav2vec2-base-960h folder."}),
+        return {"required": {"folder": (choices("wav2vec2"), {"tooltip": "facebook/wav2vec2-base-960h folder."}),
                              "device": DEVICE_INPUT}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
+        return validate_file("wav2vec2", folder)
 
     def load(self, folder: str, device: str) -> tuple[Any]:
         with node_errors("MMGT Load wav2vec2"):
@@ -156,19 +169,22 @@ class Stage2AudioFeatures:
                    "resampled to 25 fps before the transformer, all layer outputs), for any length of audio.")
     CATEGORY = "MMGT/audio"
     FUNCTION = "encode"
-    RETURN_TYPES = (STAGE2_AUDIO_TYPE, "INT")
-    RETURN_NAMES = ("audio_features", "frames")
+    RETURN_TYPES = (STAGE2_AUDIO_TYPE, "INT", "STRING")
+    RETURN_NAMES = ("audio_features", "frames", "notes")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"audio": ("AUDIO", {"tooltip": "Speech (any rate, any channels; mixed to mono)."}),
                              "wav2vec2": (WAV2VEC_TYPE, {"tooltip": "From MMGT Load wav2vec2."})}}
 
-    def encode(self, audio: dict[str, Any], wav2vec2: Any) -> tuple[Stage2Audio, int]:
+    def encode(self, audio: dict[str, Any], wav2vec2: Any) -> tuple[Stage2Audio, int, str]:
         with node_errors("MMGT Stage-II Audio Features"):
             mono, rate = audio_to_mono(audio)
             features, frames = wav2vec2_features(wav2vec2, mono, rate)
-        return Stage2Audio(features, frames, audio), frames
+            notes = audio_notices(mono, rate, stage="II")
+        for note in notes:
+            LOGGER.warning("[MMGT Stage-II Audio Features] %s", note)
+        return Stage2Audio(features, frames, audio), frames, "\n".join(notes) or f"{frames} frames of audio features."
 
 
 class _ComfyVAE:
@@ -253,6 +269,11 @@ class SampleVideo:
             "mmgt_vae": (MMGT_VAE_TYPE, {"tooltip": "MMGT Load VAE (diffusers folder)."}),
             "vae": ("VAE", {"tooltip": "Or ComfyUI's VAE (vae-ft-mse-840000)."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width: int | None = None, height: int | None = None) -> bool | str:
+        return first_problem(validate_number(cls, "width", width, multiple_of=64),
+                             validate_number(cls, "height", height, multiple_of=64))
 
     def sample(self, video_net: LoadedVideoNet, reference_image: torch.Tensor, pose_frames: torch.Tensor,
                face_hands_mask: torch.Tensor, lips_mask: torch.Tensor, width: int, height: int, seed: int,

@@ -57,8 +57,9 @@ def stage1_inputs(comfy_host, fixtures_dir):
 def test_twenty_seconds_of_speech_give_500_frames_of_keypoints(stage1_inputs):
     prompt = load_prompt(WORKFLOWS / "audio_to_pose_api.json")
     result = run(prompt, stage1_inputs["classes"])
-    features, duration, frames = result.outputs["3"]
+    features, duration, frames, notes = result.outputs["3"]
     assert duration == pytest.approx(20.0) and frames == 500 and features.features.shape == (500, 67)
+    assert "shorter" not in notes and "silent" not in notes
     keypoints = result.outputs["6"][0]
     assert keypoints.keypoints.shape == (500, 134, 3) and (keypoints.width, keypoints.height) == (512, 512)
     assert torch.isfinite(keypoints.keypoints).all()

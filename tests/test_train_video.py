@@ -379,7 +379,7 @@ def test_step2_export_loads_in_the_stage2_node_and_renders(step1_run, dataset, f
 
     rate, pcm = wavfile.read(manifest.path(clip, "audio"))
     audio = {"waveform": torch.from_numpy(pcm.astype(np.float32) / 32768)[None, None, : 12 * 640], "sample_rate": rate}
-    features, frames = classes["MMGT_Stage2AudioFeatures"]().encode(audio, wav2vec)
+    features, frames, _notes = classes["MMGT_Stage2AudioFeatures"]().encode(audio, wav2vec)
     latents, = classes["MMGT_SampleVideo"]().sample(
         net, reference, pose, masks.face_hands, masks.lips, SIZE, SIZE, seed=1, steps=2, cfg=3.5, full_weight=1.0,
         face_weight=1.0, lips_weight=2.0, mask_mode="released", context_frames=12, context_overlap=4,

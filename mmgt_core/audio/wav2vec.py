@@ -19,6 +19,7 @@ linear cross-fade beyond that. Only that last part is an approximation of the of
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmgt_core.errors import InputError, WeightsError
+from mmgt_core.weights import readable_load_error
 
 WAV2VEC_SAMPLE_RATE = 16000
 VIDEO_FPS = 25.0
@@ -62,16 +64,18 @@ def load_wav2vec2(model_dir: str | Path, device: torch.device | str = "cpu") -> 
     """
     from transformers import Wav2Vec2Model
 
+    from mmgt_core.model_files import require_folder_kind
+    from mmgt_core.quiet import quiet_loading
+
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise WeightsError(
-            f"wav2vec2 folder '{model_dir}' has no config.json. Put the Hugging Face folder "
-            "'facebook/wav2vec2-base-960h' (config.json, model weights, preprocessor_config.json) there."
-        )
+    require_folder_kind(model_dir, "wav2vec2")
     try:
-        model, info = Wav2Vec2Model.from_pretrained(str(model_dir), local_files_only=True, output_loading_info=True)
-    except (OSError, ValueError) as error:
-        raise WeightsError(f"could not load the wav2vec2 model from '{model_dir}': {error}") from error
+        with quiet_loading():
+            model, info = Wav2Vec2Model.from_pretrained(str(model_dir), local_files_only=True,
+                                                        output_loading_info=True)
+    except (OSError, ValueError, pickle.UnpicklingError) as error:
+        raise WeightsError(f"could not load the wav2vec2 model from '{model_dir}': {readable_load_error(error)}"
+                           ) from error
     missing = [key for key in info["missing_keys"] if "masked_spec_embed" not in key]
     if missing or info["mismatched_keys"]:
         raise WeightsError(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -331,13 +332,16 @@ def _encoder_from_weights(
 def _load_hf_folder(folder: Path) -> WavLMEncoder:
     from transformers import WavLMModel
 
-    if not (folder / "config.json").is_file():
-        raise WeightsError(f"'{folder}' has no config.json; a Hugging Face WavLM folder needs config.json and "
-                           "model.safetensors (e.g. a local copy of microsoft/wavlm-large).")
+    from mmgt_core.model_files import require_folder_kind
+    from mmgt_core.quiet import quiet_loading
+    from mmgt_core.weights import readable_load_error
+
+    require_folder_kind(folder, "wavlm")
     try:
-        model = WavLMModel.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"Could not load the WavLM folder '{folder}': {exc}") from exc
+        with quiet_loading():
+            model = WavLMModel.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise WeightsError(f"Could not load the WavLM folder '{folder}': {readable_load_error(exc)}") from exc
     return WavLMEncoder(_prepared(model), _folder_normalize_flag(folder, model), folder.name)
 
 

@@ -24,6 +24,7 @@ Everything here follows ``Pose2VideoPipeline`` of the official code (spec 3.2, 3
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,16 +113,18 @@ def load_clip_image_encoder(model_dir: str | Path, device: torch.device | str = 
     """A local ``CLIPVisionModelWithProjection`` folder (e.g. ``sd-image-variations-diffusers/image_encoder``)."""
     from transformers import CLIPVisionModelWithProjection
 
+    from mmgt_core.model_files import require_folder_kind
+    from mmgt_core.quiet import quiet_loading
+    from mmgt_core.weights import readable_load_error
+
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise WeightsError(
-            f"CLIP image encoder folder '{model_dir}' has no config.json. Use the 'image_encoder' folder of "
-            "'lambdalabs/sd-image-variations-diffusers' (CLIP ViT-L/14 with projection)."
-        )
+    require_folder_kind(model_dir, "image_encoder")
     try:
-        model = CLIPVisionModelWithProjection.from_pretrained(str(model_dir), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise WeightsError(f"could not load the CLIP image encoder from '{model_dir}': {error}") from error
+        with quiet_loading():
+            model = CLIPVisionModelWithProjection.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError, pickle.UnpicklingError) as error:
+        raise WeightsError(f"could not load the CLIP image encoder from '{model_dir}': "
+                           f"{readable_load_error(error)}") from error
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -1,0 +1,57 @@
+"""What the pack tells a user about short or silent audio (one place for the policy).
+
+The policy it reports, as the code behaves:
+
+* Stage I (SMGA) works on 80-frame (3.2 s) windows. A shorter clip is accepted: its features are padded to a
+  full window by repeating the last frame and the keypoints are trimmed back to the clip's length.
+* Silence is accepted by Stage I (WavLM sees zeros after its normalisation, the EDGE beat columns are zero), so
+  the gestures then follow no speech. Stage II's wav2vec2 features refuse an all-zero clip (nothing to attend
+  to); a mostly silent clip is accepted by both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .waveform import VIDEO_FPS, frame_count, is_silent
+
+SMGA_WINDOW_FRAMES = 80
+"""Frames in one SMGA window (the released model's ``seq_len``)."""
+SMGA_WINDOW_SECONDS = SMGA_WINDOW_FRAMES / VIDEO_FPS
+SILENCE_DBFS = -50.0
+"""A 40 ms frame quieter than this (RMS, dB below full scale) counts as silent."""
+MOSTLY_SILENT_SHARE = 0.8
+"""A clip with at least this share of silent frames gets a notice."""
+
+
+def silent_share(mono: torch.Tensor | np.ndarray, sample_rate: int) -> float:
+    """Share of the clip's video frames (40 ms) whose RMS is below ``SILENCE_DBFS``."""
+    wave = np.asarray(mono, dtype=np.float64).reshape(-1)
+    hop = max(1, int(round(sample_rate / VIDEO_FPS)))
+    frames = max(1, -(-wave.size // hop))
+    padded = np.zeros(frames * hop)
+    padded[: wave.size] = wave
+    rms = np.sqrt((padded.reshape(frames, hop) ** 2).mean(axis=1))
+    return float((rms < 10 ** (SILENCE_DBFS / 20)).mean())
+
+
+def audio_notices(mono: torch.Tensor | np.ndarray, sample_rate: int, stage: str) -> list[str]:
+    """Sentences for the node's notes: what was done with a short or (mostly) silent clip. ``stage`` is "I"/"II"."""
+    notes: list[str] = []
+    samples = int(np.asarray(mono).size)
+    seconds = samples / float(sample_rate)
+    frames = frame_count(samples, sample_rate)
+    if stage == "I" and seconds < SMGA_WINDOW_SECONDS:
+        notes.append(f"The audio is {seconds:.2f} s, shorter than one SMGA window ({SMGA_WINDOW_SECONDS:.1f} s): its "
+                     f"features were padded to a full window by repeating the last frame, and the keypoints are "
+                     f"trimmed back to the audio's {frames} frames.")
+    if is_silent(mono):
+        notes.append("The audio is silent (every sample is zero): Stage I still runs, but the gestures follow no "
+                     "speech; Stage-II audio features need a clip with sound.")
+    else:
+        share = silent_share(mono, sample_rate)
+        if share >= MOSTLY_SILENT_SHARE:
+            notes.append(f"{share:.0%} of the audio is silent (below {SILENCE_DBFS:.0f} dBFS): gestures and lips "
+                         "follow only the spoken parts; check the recording level or trim the silence.")
+    return notes

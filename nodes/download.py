@@ -1,0 +1,46 @@
+"""MMGT Download Models: fetch the missing model files of a mode, only when this node runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmgt_core.download import MODE_CHOICES, download_missing
+
+from . import host
+from .common import node_errors
+
+LOGGER_PREFIX = "[MMGT Download Models]"
+
+
+class DownloadModels:
+    DESCRIPTION = ("Downloads the model files the chosen mode needs that are missing from models/mmgt, from their "
+                   "public Hugging Face sources (resumable, size and sha256 checked, each file put in place whole). "
+                   "Runs only when you queue it; press R afterwards so the loaders list the new files. Files that "
+                   "are not on the hub are listed with where to get them.")
+    CATEGORY = "MMGT/loaders"
+    FUNCTION = "download"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("report",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "mode": (list(MODE_CHOICES), {"default": "audio2video", "tooltip": "Which workflow's files to fetch: "
+                                          "audio2video, pose2video, audio2pose, or all."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, mode: str) -> float:
+        return float("nan")  # look at the folder again on every run
+
+    def download(self, mode: str) -> dict[str, Any]:
+        with node_errors("MMGT Download Models"):
+            report = download_missing(host.model_dirs()[0], mode, progress=host.progress_reporter(1),
+                                      check_cancel=host.check_cancel, log=lambda line: print(LOGGER_PREFIX, line))
+        text = report.text()
+        return {"ui": {"text": [text]}, "result": (text,)}
+
+
+NODE_CLASS_MAPPINGS = {"MMGT_DownloadModels": DownloadModels}
+NODE_DISPLAY_NAME_MAPPINGS = {"MMGT_DownloadModels": "MMGT Download Models"}
