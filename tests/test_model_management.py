@@ -178,15 +178,20 @@ def test_a_run_that_does_not_fit_or_is_cancelled_leaves_no_model_half_moved(mana
 
     def too_small_for_the_video_net(patcher, device, whole):
         if type(patcher.model.network).__name__ == "VideoNet":
-            if failure == "cancel_loading":
-                patcher.model.network.pose_guider.to(device)  # half-way through the move ...
-                raise mm.InterruptProcessingException()
             if failure == "out_of_memory_loading":
                 patcher.model.network.pose_guider.to(device)
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original_capacity(patcher, device, whole)
 
     monkeypatch.setattr(mm, "simulate_device_capacity", too_small_for_the_video_net)
+    original_model_load = mm.LoadedModel.model_load
+
+    def cancelled_after_the_move(self, *args, **kwargs):  # the weights moved, then Cancel (outside the patcher)
+        original_model_load(self, *args, **kwargs)
+        if failure == "cancel_loading" and type(self.model.model.network).__name__ == "VideoNet":
+            raise mm.InterruptProcessingException()
+
+    monkeypatch.setattr(mm.LoadedModel, "model_load", cancelled_after_the_move)
     if failure == "out_of_memory_computing":
         def no_room(*args, **kwargs):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
