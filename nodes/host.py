@@ -136,6 +136,17 @@ class _PatcherRoot(nn.Module):
         return self.dtype_of_weights
 
 
+_ROOT_CLASSES: dict[str, type[_PatcherRoot]] = {}
+
+
+def _root_class(network: nn.Module) -> type[_PatcherRoot]:
+    """A root class named after the network (ComfyUI logs "Requested to load MMGT_VideoNet")."""
+    name = f"MMGT_{type(network).__name__}"
+    if name not in _ROOT_CLASSES:
+        _ROOT_CLASSES[name] = type(name, (_PatcherRoot,), {"__doc__": _PatcherRoot.__doc__})
+    return _ROOT_CLASSES[name]
+
+
 @dataclass(eq=False)
 class ModelHandle:
     """One network this pack loaded. Inside ComfyUI a model patcher (``patcher``) tracks it: ComfyUI loads it
@@ -195,16 +206,16 @@ def manage_model(module: nn.Module, name: str, kind: ModelKind, dtype: Optional[
     ``dtype`` None keeps the module's own dtype (e.g. a float32 audio encoder the official code runs in fp32).
     """
     load_device, idle_device = _kind_devices(kind)
-    if dtype is None:
-        dtype = next(module.parameters()).dtype
-    module = module.to(device=idle_device, dtype=dtype).eval()
+    current = next(module.parameters()).dtype
+    dtype = current if dtype is None else dtype
+    module = (module.to(idle_device) if dtype == current else module.to(device=idle_device, dtype=dtype)).eval()
     handle = ModelHandle(name, module, dtype, load_device, idle_device)
     if IN_COMFYUI:
         import comfy.model_patcher as model_patcher  # type: ignore[import-not-found]
 
         patcher_class = getattr(model_patcher, "CoreModelPatcher", None) or model_patcher.ModelPatcher
         size = model_management.module_size(module)
-        handle.patcher = patcher_class(_PatcherRoot(module, idle_device, dtype), load_device=load_device,
+        handle.patcher = patcher_class(_root_class(module)(module, idle_device, dtype), load_device=load_device,
                                        offload_device=idle_device, size=size)
     return handle
 
@@ -229,7 +240,7 @@ def _send_back(handles: Sequence[ModelHandle]) -> None:
 
 
 def load_for_compute(handles: Sequence[ModelHandle], memory_required: int, stage: str, workload: str,
-                     lower: str) -> None:
+                     lower: Optional[str]) -> None:
     """Load the networks a stage is about to run, asking ComfyUI to free ``memory_required`` bytes of working
     memory beside them (it unloads or offloads other models first). A failure while moving weights sends every
     one of them back to its offload device and raises a ComputeMemoryError for out-of-memory."""
@@ -256,13 +267,14 @@ def load_for_compute(handles: Sequence[ModelHandle], memory_required: int, stage
                                      "without --novram, or free memory for it.")
 
 
-def _memory_message(stage: str, workload: str, lower: str, when: str) -> str:
+def _memory_message(stage: str, workload: str, lower: Optional[str], when: str) -> str:
+    advice = f"Lower {lower}, or start" if lower else "Close other programs using the GPU, or start"
     return (f"{stage} ran out of device memory while {when} for {workload}, even after ComfyUI unloaded the other "
-            f"models. Lower {lower}, or run ComfyUI with --lowvram / --cpu.")
+            f"models. {advice} ComfyUI with --lowvram (or --cpu).")
 
 
 @contextmanager
-def compute_with(handles: Sequence[ModelHandle], *, stage: str, workload: str, lower: str,
+def compute_with(handles: Sequence[ModelHandle], *, stage: str, workload: str, lower: Optional[str],
                  memory_required: int) -> Iterator[None]:
     """Load ``handles`` for compute, then run the block; an out-of-memory error inside it becomes a readable
     ComputeMemoryError naming the stage, the workload that did not fit and what to lower."""

@@ -148,7 +148,7 @@ class Stage1AudioFeatures:
             mono, rate = audio_to_mono(audio)
             duration = duration_seconds(mono.shape[0], rate)
             with host.compute_with([wavlm.handle], stage="Stage-I audio features (WavLM)",
-                                   workload=f"{duration:.1f} s of audio", lower="nothing here: free other models",
+                                   workload=f"{duration:.1f} s of audio", lower=None,
                                    memory_required=ENCODER_WORKING_BYTES):
                 features = stage1_features(mono, rate, wavlm.encoder, progress=host.progress_reporter(1),
                                            check_cancel=host.check_cancel)

@@ -169,7 +169,7 @@ class Stage2AudioFeatures:
             mono, rate = audio_to_mono(audio)
             with host.compute_with([wav2vec2], stage="Stage-II audio features (wav2vec2)",
                                    workload=f"{mono.shape[0] / rate:.1f} s of audio",
-                                   lower="nothing here: free other models", memory_required=ENCODER_WORKING_BYTES):
+                                   lower=None, memory_required=ENCODER_WORKING_BYTES):
                 features, frames = wav2vec2_features(wav2vec2.module, mono, rate)
         return Stage2Audio(features, frames, audio), frames
 
@@ -200,7 +200,7 @@ def _pick_vae(vae: Any, mmgt_vae: Optional[host.ModelHandle], node: str) -> Any:
 def _image_embeds(image: torch.Tensor, image_encoder: Optional[host.ModelHandle], clip_vision: Any) -> torch.Tensor:
     if image_encoder is not None:
         with host.compute_with([image_encoder], stage="the CLIP image embedding", workload="one 224x224 image",
-                               lower="nothing here: free other models", memory_required=ENCODER_WORKING_BYTES):
+                               lower=None, memory_required=ENCODER_WORKING_BYTES):
             return clip_image_embeds(image_encoder.module, image[0])
     if clip_vision is not None:
         return clip_vision.encode_image(image[:1]).image_embeds.float().cpu()
