@@ -288,10 +288,10 @@ def compute_with(handles: Sequence[ModelHandle], *, stage: str, workload: str, l
 
 def free_memory_bytes(device: torch.device) -> Optional[int]:
     """Free memory of an accelerator (ComfyUI's count inside ComfyUI); None for a CPU."""
+    if IN_COMFYUI:
+        return None if model_management.is_device_cpu(device) else int(model_management.get_free_memory(device))
     if device.type == "cpu":
         return None
-    if IN_COMFYUI:
-        return int(model_management.get_free_memory(device))
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     return None

@@ -265,3 +265,57 @@ def test_an_old_saved_workflow_with_the_removed_widgets_still_runs(managed_host)
     assert drop_undeclared_values(old_api, managed_host["classes"]) == from_ui
     frames, fps, _ = run(with_tiny_overrides(from_ui), managed_host["classes"]).outputs["13"]
     assert frames.shape[0] == 40 and fps == 25.0
+
+
+def test_dtype_auto_follows_the_host_policy_and_an_explicit_choice_wins(managed_host):
+    classes = managed_host["classes"]
+    smga = classes["MMGT_LoadSMGA"]().load("audio2pose_best_model.pt", "auto")[0]
+    assert smga.dtype == torch.float32  # the host's unet_dtype on a CPU
+    vae = classes["MMGT_LoadVAE"]().load("sd-vae-ft-mse", "auto")[0]
+    assert vae.dtype == torch.float32 and next(vae.module.parameters()).dtype == torch.float32  # vae_dtype
+    encoder = classes["MMGT_LoadImageEncoder"]().load("image_encoder", "auto")[0]
+    assert encoder.dtype == torch.bfloat16  # the host says fp16 for text encoders; never fp16 on a CPU
+    assert classes["MMGT_LoadImageEncoder"]().load("image_encoder", "fp16")[0].dtype == torch.bfloat16
+    assert classes["MMGT_LoadVAE"]().load("sd-vae-ft-mse", "bf16")[0].dtype == torch.bfloat16
+    for handle in (smga.handle, vae, encoder):
+        assert placement_is_offload(managed_host, handle.module), "loaders leave the weights on the offload device"
+
+
+def placement_is_offload(host_info: dict[str, Any], module: torch.nn.Module) -> bool:
+    return host_info["placement"].of(module) == {OFFLOAD_DEVICE}
+
+
+def test_decode_video_shrinks_its_chunk_to_the_free_device_memory(managed_host, monkeypatch):
+    import nodes.stage2 as stage2
+    from mmgt_core.memory import vae_decode_bytes
+
+    mm = managed_host["mm"]
+    vae = managed_host["classes"]["MMGT_LoadVAE"]().load("sd-vae-ft-mse", "fp32")[0]
+    latents = stage2.VideoLatents(torch.randn(1, 4, 6, 8, 8), 25.0)
+    chunks: list[int] = []
+    original = stage2.decode_latents
+
+    def spy(decoder, values, chunk_frames, **kwargs):
+        chunks.append(chunk_frames)
+        return original(decoder, values, chunk_frames, **kwargs)
+
+    monkeypatch.setattr(stage2, "decode_latents", spy)
+    monkeypatch.setattr(mm, "DEVICE_CAPACITY", vae.patcher.model_size() + vae_decode_bytes(64, 64, 2, vae.dtype) + 1)
+    frames, _, _ = stage2.DecodeVideo().decode(latents, 6, mmgt_vae=vae)
+    monkeypatch.setattr(mm, "DEVICE_CAPACITY", None)  # unknown / plenty: the widget's chunk
+    stage2.DecodeVideo().decode(latents, 6, mmgt_vae=vae)
+    assert chunks == [2, 6] and frames.shape == (6, 64, 64, 3)
+
+
+def test_memory_estimates_grow_with_the_work_and_the_element_size():
+    from mmgt_core import memory
+
+    half = memory.stage2_window_bytes(512, 512, 12, 2, torch.float16)
+    assert memory.stage2_window_bytes(512, 512, 24, 2, torch.float16) > half
+    assert memory.stage2_window_bytes(768, 768, 12, 2, torch.float16) > half
+    assert memory.stage2_window_bytes(512, 512, 12, 2, torch.float32) == pytest.approx(2 * half, rel=1e-6)
+    assert memory.vae_decode_bytes(512, 512, 4, torch.float16) > memory.vae_decode_bytes(512, 512, 1, torch.float16)
+    one = memory.vae_decode_bytes(512, 512, 1, torch.float16)
+    assert memory.decode_chunk_that_fits(None, 512, 512, torch.float16, 8) == 8
+    assert memory.decode_chunk_that_fits(one - 1, 512, 512, torch.float16, 8) == 1
+    assert memory.decode_chunk_that_fits(10 * 2**40, 512, 512, torch.float16, 8) == 8
