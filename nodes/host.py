@@ -104,13 +104,6 @@ def torch_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def offload_device() -> torch.device:
-    """Where idle weights wait (ComfyUI's unet offload device, or the CPU)."""
-    if IN_COMFYUI:
-        return model_management.unet_offload_device()
-    return torch.device("cpu")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Model handles: ComfyUI's model management owns where our weights live
 

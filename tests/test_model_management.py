@@ -319,3 +319,13 @@ def test_memory_estimates_grow_with_the_work_and_the_element_size():
     assert memory.decode_chunk_that_fits(None, 512, 512, torch.float16, 8) == 8
     assert memory.decode_chunk_that_fits(one - 1, 512, 512, torch.float16, 8) == 1
     assert memory.decode_chunk_that_fits(10 * 2**40, 512, 512, torch.float16, 8) == 8
+
+
+def test_memory_command_prints_the_estimates(capsys):
+    from mmgt_core import memory
+
+    assert memory.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = memory.stage2_window_bytes(512, 512, 12, 2, torch.float16) / memory.MIB
+    row = next(line for line in lines if line.startswith("stage2_window") and "512x512" in line and "= 12" in line)
+    assert float(row.split("estimated_mib=")[1]) == pytest.approx(expected, abs=1)
