@@ -1,9 +1,10 @@
 """The one place that talks to the ComfyUI host (``folder_paths``, ``comfy.*``).
 
-Inside ComfyUI it registers the ``mmgt`` model folder, uses ComfyUI's devices, its ``ProgressBar`` (which is
-also the interruption point) and its interrupt flag. Outside ComfyUI (CLI, training, tests) it falls back to
-plain torch: CUDA when available, else CPU; tqdm for progress; a cancel check that never cancels; a models
-folder given by ``MMGT_MODELS_DIR`` or ``./models/mmgt``.
+Inside ComfyUI it registers the ``mmgt`` model folder, wraps every network we load in ComfyUI's model patcher
+(``ModelHandle``: loaded by ``load_models_gpu`` right before it computes, evictable afterwards), uses ComfyUI's
+devices and dtype policy, its ``ProgressBar`` (which is also the interruption point) and its interrupt flag.
+Outside ComfyUI (CLI, training, tests) it falls back to plain torch: CUDA when available, else CPU; tqdm for
+progress; a cancel check that never cancels; a models folder given by ``MMGT_MODELS_DIR`` or ``./models/mmgt``.
 
 Importing this module never downloads, never creates folders and never initialises CUDA.
 """
@@ -12,11 +13,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, Optional
 
 import torch
+from torch import nn
 
-from mmgt_core.errors import WeightsError
+from mmgt_core.errors import MMGTError, WeightsError
 from mmgt_core.types import ProgressFn
 
 try:  # ComfyUI present
@@ -34,8 +40,6 @@ except ImportError:  # plain Python: CLI, training, tests
 MODEL_FOLDER = "mmgt"
 WEIGHT_EXTENSIONS = {".safetensors", ".pt", ".pth", ".ckpt", ".bin", ".onnx", ".json"}
 DTYPE_CHOICES = ["auto", "fp32", "bf16", "fp16"]
-DEVICE_CHOICES = ["auto", "cpu", "cuda"]
-OFFLOAD_CHOICES = ["none", "model_cpu_offload"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -93,33 +97,197 @@ def resolve_model_path(name: str) -> str:
                        "refresh the node (press R in ComfyUI).")
 
 
-def torch_device(choice: str = "auto") -> torch.device:
+def torch_device() -> torch.device:
     """The compute device: ComfyUI's choice inside ComfyUI, else CUDA when available, else CPU."""
-    if choice != "auto":
-        if choice == "cuda" and not torch.cuda.is_available():
-            raise WeightsError("device 'cuda' was chosen but no CUDA GPU is available; choose 'auto' or 'cpu'.")
-        return torch.device(choice)
     if IN_COMFYUI:
         return model_management.get_torch_device()
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def offload_device() -> torch.device:
-    """Where idle weights wait (ComfyUI's unet offload device, or the CPU)."""
+# ---------------------------------------------------------------------------------------------------------------
+# Model handles: ComfyUI's model management owns where our weights live
+
+ModelKind = Literal["diffusion", "encoder", "vae"]  # ComfyUI's unet / text-encoder / VAE device and dtype policy
+OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+class ComputeMemoryError(MMGTError):
+    """A stage did not fit in the device memory even after the host freed everything it could."""
+
+
+class _PatcherRoot(nn.Module):
+    """The module a ComfyUI patcher holds: our network plus a plain, writable ``device`` attribute (diffusers
+    and transformers models expose a read-only ``device`` property, which the patcher must set)."""
+
+    def __init__(self, network: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.network = network
+        self.device = device
+        self.dtype_of_weights = dtype
+
+    def get_dtype(self) -> torch.dtype:
+        return self.dtype_of_weights
+
+
+_ROOT_CLASSES: dict[str, type[_PatcherRoot]] = {}
+
+
+def _root_class(network: nn.Module) -> type[_PatcherRoot]:
+    """A root class named after the network (ComfyUI logs "Requested to load MMGT_VideoNet")."""
+    name = f"MMGT_{type(network).__name__}"
+    if name not in _ROOT_CLASSES:
+        _ROOT_CLASSES[name] = type(name, (_PatcherRoot,), {"__doc__": _PatcherRoot.__doc__})
+    return _ROOT_CLASSES[name]
+
+
+@dataclass(eq=False)
+class ModelHandle:
+    """One network this pack loaded. Inside ComfyUI a model patcher (``patcher``) tracks it: ComfyUI loads it
+    onto ``load_device`` when a node asks (``load_for_compute``) and may evict it to ``offload_device`` at any time
+    afterwards. Outside ComfyUI ``load_for_compute`` is a plain ``.to(load_device)``."""
+
+    name: str
+    module: nn.Module
+    dtype: torch.dtype
+    load_device: torch.device
+    offload_device: torch.device
+    patcher: Any = None
+
+
+def _kind_devices(kind: ModelKind) -> tuple[torch.device, torch.device]:
+    if not IN_COMFYUI:
+        return torch_device(), torch.device("cpu")
+    if kind == "encoder":
+        return model_management.text_encoder_device(), model_management.text_encoder_offload_device()
+    if kind == "vae":
+        return model_management.vae_device(), model_management.vae_offload_device()
+    return model_management.get_torch_device(), model_management.unet_offload_device()
+
+
+def model_dtype(kind: ModelKind, choice: str, device: torch.device, parameters: int = 0) -> torch.dtype:
+    """The weights dtype: an explicit choice, else ComfyUI's policy for this kind of model (unet_dtype,
+    text_encoder_dtype, vae_dtype), else fp16 on CUDA / bf16 on CPU. fp16 on a CPU becomes bf16 (fp16 matmuls
+    are ~200x slower there)."""
+    if choice not in DTYPE_CHOICES:
+        raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {choice!r}")
+    if choice != "auto":
+        dtype = _DTYPES[choice]
+    elif not IN_COMFYUI:
+        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    elif kind == "encoder":
+        dtype = model_management.text_encoder_dtype(device)
+    elif kind == "vae":
+        dtype = model_management.vae_dtype(device, [torch.bfloat16, torch.float32])  # core's SD VAE working dtypes
+    else:
+        dtype = model_management.unet_dtype(device, model_params=parameters,
+                                            supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    if dtype not in _DTYPES.values():
+        dtype = torch.float16 if device.type != "cpu" else torch.bfloat16  # fp8 etc. need ComfyUI's cast layers
+    if device.type == "cpu" and dtype == torch.float16:
+        return torch.bfloat16
+    return dtype
+
+
+def target_dtype(kind: ModelKind, choice: str, parameters: int = 0) -> torch.dtype:
+    """The weights dtype for a network of this kind, on the device ComfyUI will compute it on."""
+    return model_dtype(kind, choice, _kind_devices(kind)[0], parameters)
+
+
+def manage_model(module: nn.Module, name: str, kind: ModelKind, dtype: Optional[torch.dtype] = None) -> ModelHandle:
+    """Put a freshly loaded network under the host's model management (built on the offload device).
+
+    ``dtype`` None keeps the module's own dtype (e.g. a float32 audio encoder the official code runs in fp32).
+    """
+    load_device, idle_device = _kind_devices(kind)
+    current = next(module.parameters()).dtype
+    dtype = current if dtype is None else dtype
+    module = (module.to(idle_device) if dtype == current else module.to(device=idle_device, dtype=dtype)).eval()
+    handle = ModelHandle(name, module, dtype, load_device, idle_device)
     if IN_COMFYUI:
-        return model_management.unet_offload_device()
-    return torch.device("cpu")
+        import comfy.model_patcher as model_patcher  # type: ignore[import-not-found]
+
+        patcher_class = getattr(model_patcher, "CoreModelPatcher", None) or model_patcher.ModelPatcher
+        size = model_management.module_size(module)
+        handle.patcher = patcher_class(_root_class(module)(module, idle_device, dtype), load_device=load_device,
+                                       offload_device=idle_device, size=size)
+    return handle
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Turn a dtype choice into a torch dtype. 'auto' is fp16 on CUDA and bf16 on CPU; fp16 on CPU becomes bf16."""
-    if name not in DTYPE_CHOICES:
-        raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {name!r}")
-    if device.type == "cpu" and name in ("auto", "fp16"):
-        return torch.bfloat16  # fp16 matmuls are ~200× slower than bf16 on CPUs
-    if name == "auto":
-        return torch.float16
-    return _DTYPES[name]
+def _devices_of(module: nn.Module) -> set[torch.device]:
+    return {tensor.device for tensor in (*module.parameters(), *module.buffers())}
+
+
+def _send_back(handles: Sequence[ModelHandle]) -> None:
+    """Leave no network half-moved: every weight back on its offload device, ComfyUI's bookkeeping cleared."""
+    for handle in handles:
+        if handle.patcher is not None:
+            loaded = model_management.current_loaded_models
+            for index in range(len(loaded) - 1, -1, -1):
+                if loaded[index].model is handle.patcher:
+                    finalizer = getattr(loaded.pop(index), "model_finalizer", None)
+                    if finalizer is not None:
+                        finalizer.detach()
+            handle.patcher.detach()
+        handle.module.to(handle.offload_device)
+    soft_empty_cache()
+
+
+def load_for_compute(handles: Sequence[ModelHandle], memory_required: int, stage: str, workload: str,
+                     lower: Optional[str]) -> None:
+    """Load the networks a stage is about to run, asking ComfyUI to free ``memory_required`` bytes of working
+    memory beside them (it unloads or offloads other models first). A failure while moving weights sends every
+    one of them back to its offload device and raises a ComputeMemoryError for out-of-memory."""
+    try:
+        if IN_COMFYUI:
+            # force_full_load: our layers are plain torch modules without ComfyUI's cast-on-demand weights, so
+            # they must sit wholly on one device (ComfyUI still frees room first and may evict them later).
+            model_management.load_models_gpu([h.patcher for h in handles], memory_required=int(memory_required),
+                                             force_full_load=True)
+        else:
+            for handle in handles:
+                handle.module.to(handle.load_device)
+    except OutOfMemory:
+        _send_back(handles)
+        raise ComputeMemoryError(_memory_message(stage, workload, lower, "loading the weights")) from None
+    except BaseException:
+        _send_back(handles)  # e.g. a cancel or an error mid-move
+        raise
+    for handle in handles:
+        if len(_devices_of(handle.module)) > 1:
+            _send_back(handles)
+            raise ComputeMemoryError(f"{stage}: ComfyUI loaded only part of {handle.name} onto "
+                                     f"{handle.load_device}; MMGT networks run wholly on one device. Run ComfyUI "
+                                     "without --novram, or free memory for it.")
+
+
+def _memory_message(stage: str, workload: str, lower: Optional[str], when: str) -> str:
+    advice = f"Lower {lower}, or start" if lower else "Close other programs using the GPU, or start"
+    return (f"{stage} ran out of device memory while {when} for {workload}, even after ComfyUI unloaded the other "
+            f"models. {advice} ComfyUI with --lowvram (or --cpu).")
+
+
+@contextmanager
+def compute_with(handles: Sequence[ModelHandle], *, stage: str, workload: str, lower: Optional[str],
+                 memory_required: int) -> Iterator[None]:
+    """Load ``handles`` for compute, then run the block; an out-of-memory error inside it becomes a readable
+    ComputeMemoryError naming the stage, the workload that did not fit and what to lower."""
+    load_for_compute(handles, memory_required, stage, workload, lower)
+    try:
+        yield
+    except OutOfMemory:
+        soft_empty_cache()
+        raise ComputeMemoryError(_memory_message(stage, workload, lower, "computing")) from None
+
+
+def free_memory_bytes(device: torch.device) -> Optional[int]:
+    """Free memory of an accelerator (ComfyUI's count inside ComfyUI); None for a CPU."""
+    if IN_COMFYUI:
+        return None if model_management.is_device_cpu(device) else int(model_management.get_free_memory(device))
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return None
 
 
 PROGRESS_UPDATES = 100

@@ -16,6 +16,7 @@ from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds, is_silent, to_
 from mmgt_core.audio.wavlm import WavLMEncoder, load_wavlm
 from mmgt_core.errors import InputError
 from mmgt_core.keypoints import PoseSequence
+from mmgt_core.memory import ENCODER_WORKING_BYTES, smga_window_bytes
 from mmgt_core.pipeline import pose_from_features, smga_total_steps
 from mmgt_core.smga.model import GestureDecoder, load_smga
 
@@ -32,19 +33,26 @@ LOGGER = logging.getLogger("ComfyUI-MMGT")
 
 @dataclass
 class LoadedSMGA:
-    """An SMGA model with where and how it runs."""
+    """An SMGA model under the host's model management, and the file it came from."""
 
-    model: GestureDecoder
-    device: torch.device
-    dtype: torch.dtype
+    handle: host.ModelHandle
     source: str
+
+    @property
+    def model(self) -> GestureDecoder:
+        return self.handle.module
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.handle.dtype
 
 
 @dataclass
 class LoadedWavLM:
+    """WavLM (with its waveform-normalisation flag) under the host's model management."""
+
     encoder: WavLMEncoder
-    device: torch.device
-    dtype: torch.dtype
+    handle: host.ModelHandle
 
 
 @dataclass
@@ -56,14 +64,11 @@ class Stage1Audio:
     silent: bool
 
 
-def _device_dtype(device_choice: str, dtype_choice: str) -> tuple[torch.device, torch.dtype]:
-    device = host.torch_device(device_choice)
-    return device, host.resolve_dtype(dtype_choice, device)
-
-
-DTYPE_INPUT = (host.DTYPE_CHOICES, {"default": "auto", "tooltip": "Weights precision. auto: fp16 on GPU, bf16 on "
-                                                                  "CPU (fp16 is never used on CPU: it is very slow)."})
-DEVICE_INPUT = (host.DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the model runs (auto: ComfyUI's device)."})
+DTYPE_INPUT = (host.DTYPE_CHOICES, {"default": "auto", "tooltip": "Weights precision. auto: ComfyUI's choice for "
+                                                                  "this kind of model (its --fp16-unet, --bf16-vae "
+                                                                  "... flags apply); fp16 is never used on a CPU "
+                                                                  "(bf16 instead). The device is ComfyUI's (--cpu, "
+                                                                  "--lowvram, --highvram, --gpu-only)."})
 
 
 class LoadSMGA:
@@ -80,18 +85,18 @@ class LoadSMGA:
             "checkpoint": (choices("smga"),
                            {"tooltip": "SMGA weights in models/mmgt: audio2pose_best_model.pt or smga.safetensors."}),
             "dtype": DTYPE_INPUT,
-            "device": DEVICE_INPUT,
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, checkpoint: str | None = None) -> bool | str:
         return validate_file("smga", checkpoint)
 
-    def load(self, checkpoint: str, dtype: str, device: str) -> tuple[LoadedSMGA]:
+    def load(self, checkpoint: str, dtype: str) -> tuple[LoadedSMGA]:
         with node_errors("MMGT Load SMGA"):
-            target, torch_dtype = _device_dtype(device, dtype)
-            model = load_smga(host.resolve_model_path(checkpoint), device=target, dtype=torch_dtype)
-        return (LoadedSMGA(model, target, torch_dtype, checkpoint),)
+            torch_dtype = host.target_dtype("diffusion", dtype)
+            model = load_smga(host.resolve_model_path(checkpoint), dtype=torch_dtype)
+            handle = host.manage_model(model, "SMGA", "diffusion", torch_dtype)
+        return (LoadedSMGA(handle, checkpoint),)
 
 
 class LoadWavLM:
@@ -108,18 +113,18 @@ class LoadWavLM:
             "model": (choices("wavlm"), {"tooltip": "wavlm/WavLM-Large.pt (official), a converted .safetensors, "
                                                     "or a HF folder such as wavlm-large."}),
             "dtype": DTYPE_INPUT,
-            "device": DEVICE_INPUT,
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, model: str | None = None) -> bool | str:
         return validate_file("wavlm", model)
 
-    def load(self, model: str, dtype: str, device: str) -> tuple[LoadedWavLM]:
+    def load(self, model: str, dtype: str) -> tuple[LoadedWavLM]:
         with node_errors("MMGT Load WavLM"):
-            target, torch_dtype = _device_dtype(device, dtype)
-            encoder = load_wavlm(host.resolve_model_path(model), device=target, dtype=torch_dtype)
-        return (LoadedWavLM(encoder, target, torch_dtype),)
+            torch_dtype = host.target_dtype("encoder", dtype)
+            encoder = load_wavlm(host.resolve_model_path(model), dtype=torch_dtype)
+            handle = host.manage_model(encoder.model, "WavLM", "encoder", torch_dtype)
+        return (LoadedWavLM(encoder, handle),)
 
 
 def audio_to_mono(audio: dict[str, Any], input_name: str = "audio") -> tuple[torch.Tensor, int]:
@@ -148,8 +153,11 @@ class Stage1AudioFeatures:
         with node_errors("MMGT Stage-I Audio Features"):
             mono, rate = audio_to_mono(audio)
             duration = duration_seconds(mono.shape[0], rate)
-            features = stage1_features(mono, rate, wavlm.encoder, device=wavlm.device, dtype=wavlm.dtype,
-                                       progress=host.progress_reporter(1), check_cancel=host.check_cancel)
+            with host.compute_with([wavlm.handle], stage="Stage-I audio features (WavLM)",
+                                   workload=f"{duration:.1f} s of audio", lower=None,
+                                   memory_required=ENCODER_WORKING_BYTES):
+                features = stage1_features(mono, rate, wavlm.encoder, progress=host.progress_reporter(1),
+                                           check_cancel=host.check_cancel)
             notes = audio_notices(mono, rate, stage="I")
         for note in notes:
             LOGGER.warning("[MMGT Stage-I Audio Features] %s", note)
@@ -237,11 +245,14 @@ class AudioToPose:
                  steps: int, guidance: float, overlap: int, best_of: int, smoothing: str) -> tuple[PoseSequence]:
         with node_errors("MMGT Audio → Pose"):
             frames = int(audio_features.features.shape[0])
-            sequence = pose_from_features(
-                smga.model, audio_features.features, reference_pose, seed, steps=steps, guidance=guidance,
-                overlap=overlap, best_of=best_of, smoothing=smoothing, dtype=smga.dtype,
-                progress=host.progress_reporter(smga_total_steps(frames, steps, overlap)),
-                check_cancel=host.check_cancel)
+            with host.compute_with([smga.handle], stage="Audio → Pose (SMGA)",
+                                   workload=f"{frames} frames, best_of {best_of}", lower="best_of",
+                                   memory_required=smga_window_bytes(2 * best_of, smga.dtype)):
+                sequence = pose_from_features(
+                    smga.model, audio_features.features, reference_pose, seed, steps=steps, guidance=guidance,
+                    overlap=overlap, best_of=best_of, smoothing=smoothing, dtype=smga.dtype,
+                    progress=host.progress_reporter(smga_total_steps(frames, steps, overlap)),
+                    check_cancel=host.check_cancel)
         return (sequence,)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Optional
@@ -11,17 +12,18 @@ import torch
 from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.wav2vec import load_wav2vec2, wav2vec2_features
 from mmgt_core.errors import InputError
+from mmgt_core.memory import ENCODER_WORKING_BYTES, decode_chunk_that_fits, stage2_window_bytes, vae_decode_bytes
 from mmgt_core.pipeline import VideoOptions, video_conditioning
 from mmgt_core.timeline import trim_audio
 from mmgt_core.video.conditioning import MASK_MODES, clip_image_embeds, load_clip_image_encoder
-from mmgt_core.video.decode import decode_latents, load_vae
+from mmgt_core.video.decode import VAE_SCALING, decode_latents, load_vae
 from mmgt_core.video.net import VideoNet, load_video_net
 from mmgt_core.video.sampler import sample_latents
 
 from . import host
 from .common import node_errors
 from .model_files import choices, first_problem, validate_file, validate_number
-from .stage1 import DEVICE_INPUT, DTYPE_INPUT, LOGGER, _device_dtype, audio_to_mono
+from .stage1 import DTYPE_INPUT, LOGGER, audio_to_mono
 
 VIDEO_NET_TYPE = "MMGT_VIDEO_NET"
 MMGT_VAE_TYPE = "MMGT_VAE"
@@ -33,19 +35,18 @@ LATENTS_TYPE = "MMGT_LATENTS"
 
 @dataclass
 class LoadedVideoNet:
-    net: VideoNet
-    device: torch.device
-    dtype: torch.dtype
-    offload: bool
+    """The video net (ReferenceNet, 3D UNet, PoseGuider, AudioProj: one module, one patcher) under the host's
+    model management."""
 
-    def on_device(self) -> VideoNet:
-        return self.net.to(self.device)
+    handle: host.ModelHandle
 
-    def release(self) -> None:
-        """Send the weights back to the offload device when offloading was chosen."""
-        if self.offload:
-            self.net.to(host.offload_device())
-            host.soft_empty_cache()
+    @property
+    def net(self) -> VideoNet:
+        return self.handle.module
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.handle.dtype
 
 
 @dataclass
@@ -79,22 +80,18 @@ class LoadVideoNet:
             "checkpoint": (choices("video_net"),
                            {"tooltip": "net-32500.pth (official) or a converted .safetensors in models/mmgt."}),
             "dtype": DTYPE_INPUT,
-            "device": DEVICE_INPUT,
-            "offload": (host.OFFLOAD_CHOICES, {"default": "none", "tooltip": "model_cpu_offload: keep the weights "
-                                               "on the CPU between runs (saves GPU memory, slower start)."}),
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, checkpoint: str | None = None) -> bool | str:
         return validate_file("video_net", checkpoint)
 
-    def load(self, checkpoint: str, dtype: str, device: str, offload: str) -> tuple[LoadedVideoNet]:
+    def load(self, checkpoint: str, dtype: str) -> tuple[LoadedVideoNet]:
         with node_errors("MMGT Load Video Net"):
-            target, torch_dtype = _device_dtype(device, dtype)
-            offloading = offload == "model_cpu_offload"
-            net = load_video_net(host.resolve_model_path(checkpoint), dtype=torch_dtype,
-                                 device=host.offload_device() if offloading else target)
-        return (LoadedVideoNet(net, target, torch_dtype, offloading),)
+            torch_dtype = host.target_dtype("diffusion", dtype)
+            net = load_video_net(host.resolve_model_path(checkpoint), dtype=torch_dtype)
+            handle = host.manage_model(net, "the video net", "diffusion", torch_dtype)
+        return (LoadedVideoNet(handle),)
 
 
 class LoadVAE:
@@ -107,16 +104,17 @@ class LoadVAE:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"folder": (choices("vae"), {"tooltip": "A diffusers VAE folder, e.g. sd-vae-ft-mse."}),
-                             "dtype": DTYPE_INPUT, "device": DEVICE_INPUT}}
+                             "dtype": DTYPE_INPUT}}
 
     @classmethod
     def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
         return validate_file("vae", folder)
 
-    def load(self, folder: str, dtype: str, device: str) -> tuple[Any]:
+    def load(self, folder: str, dtype: str) -> tuple[host.ModelHandle]:
         with node_errors("MMGT Load VAE"):
-            target, torch_dtype = _device_dtype(device, dtype)
-            return (load_vae(host.resolve_model_path(folder), target, torch_dtype),)
+            torch_dtype = host.target_dtype("vae", dtype)
+            vae = load_vae(host.resolve_model_path(folder), dtype=torch_dtype)
+            return (host.manage_model(vae, "the VAE", "vae", torch_dtype),)
 
 
 class LoadImageEncoder:
@@ -131,16 +129,17 @@ class LoadImageEncoder:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"folder": (choices("image_encoder"), {"tooltip": "A CLIPVisionModelWithProjection "
                                                                                "folder."}),
-                             "dtype": DTYPE_INPUT, "device": DEVICE_INPUT}}
+                             "dtype": DTYPE_INPUT}}
 
     @classmethod
     def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
         return validate_file("image_encoder", folder)
 
-    def load(self, folder: str, dtype: str, device: str) -> tuple[Any]:
+    def load(self, folder: str, dtype: str) -> tuple[host.ModelHandle]:
         with node_errors("MMGT Load Image Encoder"):
-            target, torch_dtype = _device_dtype(device, dtype)
-            return (load_clip_image_encoder(host.resolve_model_path(folder), device=target, dtype=torch_dtype),)
+            torch_dtype = host.target_dtype("encoder", dtype)
+            encoder = load_clip_image_encoder(host.resolve_model_path(folder), dtype=torch_dtype)
+            return (host.manage_model(encoder, "the CLIP image encoder", "encoder", torch_dtype),)
 
 
 class LoadWav2Vec2:
@@ -152,16 +151,17 @@ class LoadWav2Vec2:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"folder": (choices("wav2vec2"), {"tooltip": "facebook/wav2vec2-base-960h folder."}),
-                             "device": DEVICE_INPUT}}
+        return {"required": {"folder": (choices("wav2vec2"), {"tooltip": "facebook/wav2vec2-base-960h folder (runs "
+                                                                         "in float32, like the official features)."})}}
 
     @classmethod
     def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
         return validate_file("wav2vec2", folder)
 
-    def load(self, folder: str, device: str) -> tuple[Any]:
+    def load(self, folder: str) -> tuple[host.ModelHandle]:
         with node_errors("MMGT Load wav2vec2"):
-            return (load_wav2vec2(host.resolve_model_path(folder), device=host.torch_device(device)),)
+            model = load_wav2vec2(host.resolve_model_path(folder))
+            return (host.manage_model(model, "wav2vec2", "encoder", torch.float32),)
 
 
 class Stage2AudioFeatures:
@@ -177,10 +177,13 @@ class Stage2AudioFeatures:
         return {"required": {"audio": ("AUDIO", {"tooltip": "Speech (any rate, any channels; mixed to mono)."}),
                              "wav2vec2": (WAV2VEC_TYPE, {"tooltip": "From MMGT Load wav2vec2."})}}
 
-    def encode(self, audio: dict[str, Any], wav2vec2: Any) -> tuple[Stage2Audio, int, str]:
+    def encode(self, audio: dict[str, Any], wav2vec2: host.ModelHandle) -> tuple[Stage2Audio, int, str]:
         with node_errors("MMGT Stage-II Audio Features"):
             mono, rate = audio_to_mono(audio)
-            features, frames = wav2vec2_features(wav2vec2, mono, rate)
+            with host.compute_with([wav2vec2], stage="Stage-II audio features (wav2vec2)",
+                                   workload=f"{mono.shape[0] / rate:.1f} s of audio",
+                                   lower=None, memory_required=ENCODER_WORKING_BYTES):
+                features, frames = wav2vec2_features(wav2vec2.module, mono, rate)
             notes = audio_notices(mono, rate, stage="II")
         for note in notes:
             LOGGER.warning("[MMGT Stage-II Audio Features] %s", note)
@@ -202,17 +205,19 @@ class _ComfyVAE:
         return images.reshape(-1, *images.shape[-3:]).permute(0, 3, 1, 2) * 2 - 1
 
 
-def _pick_vae(vae: Any, mmgt_vae: Any, node: str) -> Any:
+def _pick_vae(vae: Any, mmgt_vae: Optional[host.ModelHandle], node: str) -> Any:
     if mmgt_vae is not None:
-        return mmgt_vae
+        return mmgt_vae.module
     if vae is not None:
         return _ComfyVAE(vae)
     raise InputError("vae", f"{node} needs a VAE.", "Connect ComfyUI's Load VAE (vae-ft-mse) or MMGT Load VAE.")
 
 
-def _image_embeds(image: torch.Tensor, image_encoder: Any, clip_vision: Any) -> torch.Tensor:
+def _image_embeds(image: torch.Tensor, image_encoder: Optional[host.ModelHandle], clip_vision: Any) -> torch.Tensor:
     if image_encoder is not None:
-        return clip_image_embeds(image_encoder, image[0])
+        with host.compute_with([image_encoder], stage="the CLIP image embedding", workload="one 224x224 image",
+                               lower=None, memory_required=ENCODER_WORKING_BYTES):
+            return clip_image_embeds(image_encoder.module, image[0])
     if clip_vision is not None:
         return clip_vision.encode_image(image[:1]).image_embeds.float().cpu()
     raise InputError("image_encoder", "no CLIP image encoder was connected.",
@@ -225,8 +230,11 @@ class SampleVideo:
                    "length (sliding context windows) and any size whose sides are multiples of 64.")
     CATEGORY = "MMGT/sampling"
     FUNCTION = "sample"
-    RETURN_TYPES = (LATENTS_TYPE,)
-    RETURN_NAMES = ("latents",)
+    RETURN_TYPES = (LATENTS_TYPE, "LATENT")
+    RETURN_NAMES = ("latents", "latent")
+    OUTPUT_TOOLTIPS = ("For MMGT Decode Video (keeps the fps and the driving audio).",
+                       "The same frames as core LATENT (frames as the batch, SD VAE scale) for core VAE Decode, "
+                       "VAE Decode (Tiled) and latent previews.")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -280,30 +288,33 @@ class SampleVideo:
                steps: int, cfg: float, full_weight: float, face_weight: float, lips_weight: float, mask_mode: str,
                context_frames: int, context_overlap: int, context_schedule: str,
                audio_features: Optional[Stage2Audio] = None, hands_mask: Optional[torch.Tensor] = None,
-               image_encoder: Any = None, clip_vision: Any = None, mmgt_vae: Any = None, vae: Any = None
-               ) -> tuple[VideoLatents]:
+               image_encoder: Optional[host.ModelHandle] = None, clip_vision: Any = None,
+               mmgt_vae: Optional[host.ModelHandle] = None, vae: Any = None) -> tuple[VideoLatents, dict[str, Any]]:
         with node_errors("MMGT Sample Video"):
             frames = int(pose_frames.shape[0])
             if audio_features is not None and audio_features.frames < frames:
                 raise InputError("audio_features", f"cover {audio_features.frames} frames but there are {frames} "
                                  "pose frames.", "Use pose frames made from the same audio (25 fps), or trim them.")
-            net = video_net.on_device()
-            try:
+            image_embeds = _image_embeds(reference_image, image_encoder, clip_vision)
+            managed_vae = [mmgt_vae] if mmgt_vae is not None else []
+            fit = {"stage": "Stage II (MMGT Sample Video)", "lower": "width/height or context_frames",
+                   "workload": f"{width}x{height}, {context_frames}-frame windows ({frames} frames)",
+                   "memory_required": stage2_window_bytes(width, height, context_frames, 2, video_net.dtype)}
+            with host.compute_with([video_net.handle, *managed_vae], **fit):
                 cond = video_conditioning(
-                    net, _pick_vae(vae, mmgt_vae, "MMGT Sample Video"),
-                    _image_embeds(reference_image, image_encoder, clip_vision), reference_image[0], pose_frames,
-                    face_hands_mask, lips_mask, hands_mask,
+                    video_net.net, _pick_vae(vae, mmgt_vae, "MMGT Sample Video"), image_embeds, reference_image[0],
+                    pose_frames, face_hands_mask, lips_mask, hands_mask,
                     audio_features.features if audio_features is not None else None, width, height, mask_mode)
-                options = VideoOptions(width=width, height=height, seed=seed, steps=steps, cfg=cfg,
-                                       branch_weights=(full_weight, face_weight, lips_weight),
-                                       context_frames=context_frames, context_overlap=context_overlap,
-                                       context_schedule=context_schedule)
-                generator = torch.Generator(device="cpu").manual_seed(seed)
-                latents = sample_latents(net, cond, options.sampling(), generator,
+            options = VideoOptions(width=width, height=height, seed=seed, steps=steps, cfg=cfg,
+                                   branch_weights=(full_weight, face_weight, lips_weight),
+                                   context_frames=context_frames, context_overlap=context_overlap,
+                                   context_schedule=context_schedule)
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            with host.compute_with([video_net.handle], **fit):  # a core VAE's encode may have evicted the net
+                latents = sample_latents(video_net.net, cond, options.sampling(), generator,
                                          progress=host.progress_reporter(steps), check_cancel=host.check_cancel)
-            finally:
-                video_net.release()
-        return (VideoLatents(latents, 25.0, audio_features.audio if audio_features is not None else None),)
+        audio = audio_features.audio if audio_features is not None else None
+        return VideoLatents(latents, 25.0, audio), core_latent(latents)
 
 
 class DecodeVideo:
@@ -326,13 +337,32 @@ class DecodeVideo:
             "vae": ("VAE", {"tooltip": "Or ComfyUI's VAE."}),
         }}
 
-    def decode(self, latents: VideoLatents, chunk_frames: int, mmgt_vae: Any = None, vae: Any = None
-               ) -> tuple[torch.Tensor, float, dict[str, Any]]:
+    def decode(self, latents: VideoLatents, chunk_frames: int, mmgt_vae: Optional[host.ModelHandle] = None,
+               vae: Any = None) -> tuple[torch.Tensor, float, dict[str, Any]]:
         with node_errors("MMGT Decode Video"):
-            frames = decode_latents(_pick_vae(vae, mmgt_vae, "MMGT Decode Video"), latents.latents, chunk_frames,
-                                    progress=host.progress_reporter(latents.latents.shape[2]),
-                                    check_cancel=host.check_cancel)
+            decoder = _pick_vae(vae, mmgt_vae, "MMGT Decode Video")
+            height, width = (side * 8 for side in latents.latents.shape[-2:])
+            managed: AbstractContextManager[None] = nullcontext()
+            if mmgt_vae is not None:  # a core VAE loads itself through ComfyUI
+                managed = host.compute_with(
+                    [mmgt_vae], stage="MMGT Decode Video", workload=f"{chunk_frames} frames at {width}x{height}",
+                    lower="chunk_frames", memory_required=vae_decode_bytes(width, height, chunk_frames, mmgt_vae.dtype))
+            with managed:
+                if mmgt_vae is not None:  # fewer frames at once when the GPU has less room than asked for
+                    chunk_frames = decode_chunk_that_fits(host.free_memory_bytes(mmgt_vae.load_device), width,
+                                                          height, mmgt_vae.dtype, chunk_frames)
+                frames = decode_latents(decoder, latents.latents, chunk_frames,
+                                        progress=host.progress_reporter(latents.latents.shape[2]),
+                                        check_cancel=host.check_cancel)
         return frames, latents.fps, _audio_for(latents, frames.shape[0])
+
+
+def core_latent(latents: torch.Tensor) -> dict[str, torch.Tensor]:
+    """MMGT latents (1, 4, T, h, w), scaled by the SD VAE factor for the UNet, as core LATENT: frames as the
+    batch (T, 4, h, w) and unscaled, the way core VAE Decode expects (SD1.5's latent format scales inside the
+    model, never in the LATENT itself)."""
+    frames = latents[0].transpose(0, 1) if latents.ndim == 5 else latents
+    return {"samples": (frames.detach().float().cpu() / VAE_SCALING).contiguous()}
 
 
 def _audio_for(latents: VideoLatents, frames: int) -> dict[str, Any]:

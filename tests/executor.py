@@ -72,6 +72,18 @@ def _check_widget(node_id: str, name: str, kind: Any, options: dict[str, Any], v
             raise WorkflowError(f"{where}: {value} is bigger than max {options['max']}")
 
 
+def drop_undeclared_values(prompt: dict[str, Any], node_classes: dict[str, type]) -> dict[str, Any]:
+    """A copy of ``prompt`` without literal inputs a node no longer declares, which is what ComfyUI's executor
+    does with them (e.g. an API prompt saved before a widget was removed). ``run`` itself stays strict."""
+    cleaned = {}
+    for node_id, node in prompt.items():
+        declared = _declared_inputs(node_classes[node["class_type"]]) if node["class_type"] in node_classes else {}
+        inputs = {name: value for name, value in node.get("inputs", {}).items()
+                  if name in declared or is_link(value)}
+        cleaned[node_id] = {**node, "inputs": inputs}
+    return cleaned
+
+
 def validate(prompt: dict[str, Any], node_classes: dict[str, type]) -> list[str]:
     """Check the prompt against the node declarations; return the execution order."""
     for node_id, node in prompt.items():

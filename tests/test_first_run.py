@@ -124,7 +124,7 @@ def test_stage1_features_node_reports_short_audio_in_its_notes(comfy_host, fixtu
 
     models = comfy_host["folder_paths"].get_folder_paths("mmgt")[0]
     shutil.copytree(fixtures_dir / "audio" / "wavlm_tiny", f"{models}/wavlm")
-    wavlm = LoadWavLM().load("wavlm/WavLM-tiny.pt", "fp32", "cpu")[0]
+    wavlm = LoadWavLM().load("wavlm/WavLM-tiny.pt", "fp32")[0]
     audio = {"waveform": _speech_like(0.3)[None, None], "sample_rate": 16000}
     _, duration, frames, notes = Stage1AudioFeatures().encode(audio, wavlm)
     assert frames == 8 and "shorter than one SMGA window" in notes

@@ -223,3 +223,12 @@ def test_api_twin_runs_and_saves_the_expected_videos(comfyui, name):
     texts = [text for output in entry["outputs"].values() for text in output.get("text", [])]
     assert texts and all(texts), "the Preview Any node must show the notes"
     print(f"\n{name}: success in {seconds:.1f} s; " + "; ".join(summary) + f"; notes: {texts[0][:120]!r}")
+
+
+def test_model_handles_work_with_the_real_model_management():
+    """nodes/host.py's handles with the checkout's own model patcher and load_models_gpu / unload_all_models."""
+    script = Path(__file__).resolve().parent / "real_host_model_management.py"
+    env = {**os.environ, "PYTHONPATH": COMFYUI_PATH}
+    done = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), str(script)], cwd=COMFYUI_PATH, env=env,
+                          capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S)
+    assert done.returncode == 0 and "REAL HOST OK" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]

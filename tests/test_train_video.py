@@ -363,10 +363,10 @@ def test_step2_export_loads_in_the_stage2_node_and_renders(step1_run, dataset, f
     for folder, source in (("tiny_vae", "stage2"), ("tiny_image_encoder", "stage2"), ("wav2vec2_tiny", "audio")):
         shutil.copytree(fixtures_dir / source / folder, models / folder)
     classes = comfy_host["classes"]
-    net, = classes["MMGT_LoadVideoNet"]().load("mine.safetensors", "fp32", "cpu", "none")
-    vae = classes["MMGT_LoadVAE"]().load("tiny_vae", "fp32", "cpu")[0]
-    encoder = classes["MMGT_LoadImageEncoder"]().load("tiny_image_encoder", "fp32", "cpu")[0]
-    wav2vec = classes["MMGT_LoadWav2Vec2"]().load("wav2vec2_tiny", "cpu")[0]
+    net, = classes["MMGT_LoadVideoNet"]().load("mine.safetensors", "fp32")
+    vae = classes["MMGT_LoadVAE"]().load("tiny_vae", "fp32")[0]
+    encoder = classes["MMGT_LoadImageEncoder"]().load("tiny_image_encoder", "fp32")[0]
+    wav2vec = classes["MMGT_LoadWav2Vec2"]().load("wav2vec2_tiny")[0]
 
     manifest = load_manifest(dataset["manifest"])
     clip = next(c for c in manifest.clips if c.id == "talk_a")
@@ -380,7 +380,7 @@ def test_step2_export_loads_in_the_stage2_node_and_renders(step1_run, dataset, f
     rate, pcm = wavfile.read(manifest.path(clip, "audio"))
     audio = {"waveform": torch.from_numpy(pcm.astype(np.float32) / 32768)[None, None, : 12 * 640], "sample_rate": rate}
     features, frames, _notes = classes["MMGT_Stage2AudioFeatures"]().encode(audio, wav2vec)
-    latents, = classes["MMGT_SampleVideo"]().sample(
+    latents, _ = classes["MMGT_SampleVideo"]().sample(
         net, reference, pose, masks.face_hands, masks.lips, SIZE, SIZE, seed=1, steps=2, cfg=3.5, full_weight=1.0,
         face_weight=1.0, lips_weight=2.0, mask_mode="released", context_frames=12, context_overlap=4,
         context_schedule="open", audio_features=features, image_encoder=encoder, mmgt_vae=vae)

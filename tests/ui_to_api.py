@@ -55,8 +55,13 @@ def widget_inputs(input_types: Mapping[str, Any]) -> list[tuple[str, int]]:
     return found
 
 
-def convert(workflow: Mapping[str, Any], node_input_types: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The API-format prompt of a UI workflow. ``node_input_types``: class type → its ``INPUT_TYPES()`` dict."""
+def convert(workflow: Mapping[str, Any], node_input_types: Mapping[str, Mapping[str, Any]],
+            ignore_trailing_values: bool = False) -> dict[str, Any]:
+    """The API-format prompt of a UI workflow. ``node_input_types``: class type → its ``INPUT_TYPES()`` dict.
+
+    ``ignore_trailing_values``: drop stored values past a node's last widget, as the frontend does when it loads a
+    workflow saved before trailing widgets were removed (the default is strict, to catch stale shipped files).
+    """
     links = {link[0]: link for link in workflow.get("links", [])}
     prompt: dict[str, Any] = {}
     for node in workflow["nodes"]:
@@ -67,11 +72,13 @@ def convert(workflow: Mapping[str, Any], node_input_types: Mapping[str, Mapping[
         if node["type"] not in node_input_types:
             raise ConversionError(f"node {node['id']}: unknown type {node['type']}")
         prompt[str(node["id"])] = {"class_type": node["type"],
-                                   "inputs": _node_inputs(node, node_input_types[node["type"]], links)}
+                                   "inputs": _node_inputs(node, node_input_types[node["type"]], links,
+                                                          ignore_trailing_values)}
     return prompt
 
 
-def _node_inputs(node: Mapping[str, Any], input_types: Mapping[str, Any], links: Mapping[int, list]) -> dict:
+def _node_inputs(node: Mapping[str, Any], input_types: Mapping[str, Any], links: Mapping[int, list],
+                 ignore_trailing_values: bool = False) -> dict:
     inputs: dict[str, Any] = {}
     values = list(node.get("widgets_values") or [])
     position = 0
@@ -80,7 +87,7 @@ def _node_inputs(node: Mapping[str, Any], input_types: Mapping[str, Any], links:
             raise ConversionError(f"node {node['id']} ({node['type']}): no stored value for widget '{name}'")
         inputs[name] = values[position]
         position += 1 + extra
-    if position != len(values):
+    if position != len(values) and not (ignore_trailing_values and position < len(values)):
         raise ConversionError(f"node {node['id']} ({node['type']}): {len(values)} widget values, expected "
                               f"{position}")
     for socket in node.get("inputs", []):
