@@ -46,6 +46,9 @@ FALLBACK_SAMPLE_RATE = 48000
 STALE_UNLOCKED_SECONDS = 60.0  # a partial folder without a lock file is stale after this long
 
 
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids  # the ids that writes are checked against
+
+
 class OutputWriteError(MMGTError, OSError):
     """The video could not be written (disk full, permission, codec); nothing was left at the output path."""
 
@@ -90,11 +93,9 @@ def check_output_path(path: str | os.PathLike[str], input_name: str = "out") -> 
     if not existing.is_dir():
         raise InputError(input_name, f"'{existing}' is not a folder, so '{target}' cannot be written.",
                          "Choose an output path inside a folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE_IDS):
         raise InputError(input_name, f"the folder '{existing}' is not writable.",
                          "Choose a folder you can write to.")
-    if target.exists() and not os.access(target, os.W_OK) and not os.access(folder, os.W_OK):
-        raise InputError(input_name, f"'{target}' exists and cannot be replaced.", "Choose another file name.")
     return target
 
 
@@ -253,8 +254,11 @@ class Mp4Writer:
         """Append frames (n, H, W, 3): float in [0, 1] or uint8."""
         if frames.ndim == 3:
             frames = frames[None]
-        pixels = frames if frames.dtype == torch.uint8 else (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
-        pixels_np = pixels[..., :3].cpu().numpy()
+        if frames.dtype not in (torch.uint8, torch.float32):
+            frames = frames.float()  # bf16/fp16/fp64 frames
+        pixels_np = frames[..., :3].detach().cpu().numpy()
+        if pixels_np.dtype != np.uint8:  # numpy: no thread-pool start per small chunk
+            pixels_np = np.rint(np.clip(pixels_np.astype(np.float32, copy=False), 0.0, 1.0) * 255.0).astype(np.uint8)
         try:
             if self._container is None:
                 self._open(pixels_np.shape[1], pixels_np.shape[2])
