@@ -67,6 +67,13 @@ def test_click_track_is_sample_exact(tmp_path, rate, channels, fps):
     assert info["audio"].shape[0] == channels
 
 
+def test_a_rate_aac_lacks_is_resampled_in_sync(tmp_path):
+    frames, audio = click_track(37800, 1, 25.0)
+    offsets, info = click_offsets_ms(write_mp4(tmp_path / "odd.mp4", frames, 25.0, audio, 37800, chunk_frames=250))
+    assert info["sample_rate"] == 48000 and all(abs(offset) <= 1.0 for offset in offsets), offsets
+    assert info["audio_duration"] == pytest.approx(CLIP_SECONDS, abs=1e-3)
+
+
 def test_audio_is_cut_or_padded_to_the_video_in_the_writer(tmp_path):
     rate, fps = 16000, 25.0
     frames = torch.zeros(50, SIDE, SIDE, 3)  # 2.0 s of video

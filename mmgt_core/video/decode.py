@@ -1,7 +1,9 @@
 """Chunked VAE encode/decode for video latents (SD ``AutoencoderKL``, scale 0.18215).
 
 The official pipeline decodes one frame at a time (``chunk_frames=1``), then ``(x / 2 + 0.5).clamp(0, 1)``.
-Decoding in chunks keeps memory flat for long videos; the frames are written into one preallocated output.
+Decoding in chunks keeps memory flat for long videos: ``iter_decoded_chunks`` yields the frames chunk by chunk
+(for streaming them into a file, memory independent of length); ``decode_latents`` writes them into one
+preallocated output (for IMAGE batches).
 """
 
 from __future__ import annotations
