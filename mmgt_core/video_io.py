@@ -316,6 +316,9 @@ class Mp4Writer:
                 self._partial = None
         except (OSError, av.error.FFmpegError) as error:
             raise self._write_error(error) from error
+        except BaseException:  # Ctrl-C / SIGTERM while flushing: leave nothing behind
+            self.abort()
+            raise
         return self.target
 
     def abort(self) -> None:

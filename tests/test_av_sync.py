@@ -131,3 +131,18 @@ def test_a_disk_error_is_reported_and_leaves_nothing(tmp_path, monkeypatch):
             writer.write(torch.rand(2, SIDE, SIDE, 3))
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_keypoint_and_weight_files_get_the_umask_mode_too(tmp_path):
+    from mmgt_core.keypoints_io import save_keypoints_file, save_sequence
+    from mmgt_core.tiny_models import synthetic_reference_pose
+    from mmgt_core.weights import save_weights
+
+    previous = os.umask(0o027)
+    try:
+        written = [save_keypoints_file(synthetic_reference_pose(), tmp_path / "pose.safetensors"),
+                   save_sequence(synthetic_reference_pose(), tmp_path, "pose", "json"),
+                   save_weights({"w": torch.zeros(2)}, tmp_path / "w.safetensors", "video_net", {}, "test")]
+    finally:
+        os.umask(previous)
+    assert [path.stat().st_mode & 0o777 for path in written] == [0o640] * 3
