@@ -54,7 +54,7 @@ def inputs(tmp_path_factory, fixtures_dir) -> Path:
     shutil.copytree(fixtures_dir / "stage2" / "tiny_vae", root / "models" / "sd-vae-ft-mse")
     shutil.copyfile(fixtures_dir / "stage2" / "reference_image.png", root / "me.png")
     save_keypoints_file(synthetic_reference_pose(256, 256), root / "reference_pose.safetensors")
-    pose = synthetic_reference_pose(256, 256).keypoints.repeat(FRAMES, 1, 1)
+    pose = synthetic_reference_pose(256, 256).keypoints.repeat(10, 1, 1)  # Stage II is replaced: any length
     save_keypoints_file(PoseSequence(pose, 256, 256, 25.0), root / "pose.safetensors")
     return root
 
