@@ -3,8 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+EXIT_SIGINT = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so that every ``finally`` cleans up."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -63,8 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     if rest and args.command == "convert":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
+    cancelled = "cancelled; nothing written" if args.command == "generate" else "cancelled"
     try:
-        return args.func(args)
+        with _sigterm_raises():
+            return args.func(args)
+    except KeyboardInterrupt:
+        print(cancelled, file=sys.stderr)
+        return EXIT_SIGINT
+    except Terminated:
+        print(cancelled, file=sys.stderr)
+        return EXIT_SIGTERM
     except Exception as exc:  # print errors for people, not tracebacks
         from .errors import MMGTError
 

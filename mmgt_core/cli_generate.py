@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,13 @@ from .errors import InputError, WeightsError
 from .keypoints import PoseSequence
 from .keypoints_io import load_keypoints_file
 from .models_table import MODEL_FILES
-from .pipeline import VideoOptions, pose_frames_and_masks, pose_from_features, render_video, video_conditioning
+from .pipeline import VideoOptions, pose_frames_and_masks, pose_from_features, video_conditioning
 from .pose_align import align_to_reference
-from .timeline import resample_frames, resample_keypoints, trim_audio
-from .video_io import read_audio, read_image, write_mp4
+from .timeline import output_frame_count, resample_keypoints, resample_stream, resampled_frame_count, video_frame_count
+from .video_io import Mp4Writer, check_output_path, read_audio, read_image, remove_stale_partials
 
 FPS = 25.0
+MAX_FPS = 240.0
 
 
 def model_path(models: Path, key: str) -> Path:
@@ -91,8 +93,32 @@ def _external_pose(args: argparse.Namespace, reference: PoseSequence, frames: Op
     return pose
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked before any work: output path, frame rate, size, models folder, inputs.
+    Raises InputError (printed as one line by the command line)."""
+    check_output_path(args.out, "--out")
+    remove_stale_partials(Path(args.out).expanduser().parent)  # left by a killed earlier run
+    if not (math.isfinite(args.fps) and 0 < args.fps <= MAX_FPS):
+        raise InputError("--fps", f"{args.fps:g} is not a usable frame rate.", f"Give a number above 0 and at most "
+                                                                               f"{MAX_FPS:g}, e.g. 25 or 30.")
+    for name, value in (("--width", args.width), ("--height", args.height)):
+        if value < 64 or value % 64:
+            raise InputError(name, f"{value} is not a positive multiple of 64.", "Use e.g. 512, 576 or 768.")
+    if not Path(args.models).is_dir():
+        raise InputError("--models", f"the models folder '{args.models}' does not exist.",
+                         "Point --models at the folder with the model files (ComfyUI/models/mmgt); "
+                         "`python -m mmgt_core doctor --models DIR` lists what goes there.")
+    if not args.audio and not args.pose:
+        raise InputError("--audio/--pose", "nothing drives the video.", "Give --audio, --pose, or both.")
+    for name in ("image", "audio", "pose", "reference_pose"):
+        value = getattr(args, name)
+        if value and not Path(value).is_file():
+            raise InputError(f"--{name.replace('_', '-')}", f"'{value}' does not exist or is not a file.")
+
+
 def run(args: argparse.Namespace) -> Path:
     """The whole pipeline; returns the written mp4."""
+    check_arguments(args)
     timer = Timer({})
     models = Path(args.models)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -105,9 +131,7 @@ def run(args: argparse.Namespace) -> Path:
     if args.audio:
         audio, rate = read_audio(args.audio)
         mono = audio.mean(0)
-    if not args.audio and not args.pose:
-        raise InputError("--audio/--pose", "nothing drives the video.", "Give --audio, --pose, or both.")
-    frames = None if mono is None else max(1, round(mono.shape[0] / rate * FPS))
+    frames = None if mono is None else video_frame_count(mono.shape[0], rate, FPS)
     if args.pose:
         pose = _external_pose(args, reference, frames)
     else:
@@ -115,24 +139,44 @@ def run(args: argparse.Namespace) -> Path:
     started = time.perf_counter()
     pose_frames, face_hands, lips, hands = pose_frames_and_masks(pose)
     timer.measure("pose frames + masks", started)
-    video = _stage2(args, models, device, dtype, image, pose_frames, face_hands, lips, hands, mono, rate, timer)
-    if args.fps != FPS:
-        video = resample_frames(video, FPS, args.fps)
-    audio_out = trim_audio(audio, rate, video.shape[0], args.fps) if audio is not None else None
-    out = write_mp4(args.out, video, args.fps, audio_out, rate)
+    latents, vae = _stage2(args, models, device, dtype, image, pose_frames, face_hands, lips, hands, mono, rate,
+                           timer)
+    del pose_frames, face_hands, lips, hands
+    started = time.perf_counter()
+    out, count = _write_video(args, latents, vae, audio, rate)
+    timer.measure("decode + write", started)
     print("timings: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timer.spans.items()))
-    print(f"wrote {out}: {video.shape[0]} frames {video.shape[2]}×{video.shape[1]} at {args.fps:g} fps"
-          f"{', with audio' if audio_out is not None else ''}")
+    print(f"wrote {out}: {count} frames {args.width}×{args.height} at {args.fps:g} fps"
+          f"{', with audio' if audio is not None else ''}")
     return out
+
+
+def _write_video(args: argparse.Namespace, latents: torch.Tensor, vae: Any, audio: Optional[torch.Tensor],
+                 rate: int, chunk_frames: int = 4) -> tuple[Path, int]:
+    """Decode the latents chunk by chunk, resample to --fps and stream them into the mp4 with the audio (the
+    length rule of ``timeline``: frames = round(fps × audio duration), audio cut/padded to the video)."""
+    from .video.decode import iter_decoded_chunks
+
+    generated = latents.shape[2]
+    count = output_frame_count(resampled_frame_count(generated, FPS, args.fps),
+                               None if audio is None else audio.shape[-1], rate, args.fps)
+    needed = min(generated, math.ceil(count * FPS / args.fps) + 1)  # source frames the output shows
+    chunks = iter_decoded_chunks(vae, latents, chunk_frames, stop=needed)
+    with Mp4Writer(args.out, args.fps, audio, rate) as writer:
+        for frames in resample_stream(chunks, needed, FPS, args.fps, count):
+            writer.write(frames)
+    return writer.target, count
 
 
 def _stage2(args: argparse.Namespace, models: Path, device: torch.device, dtype: torch.dtype, image: Any,
             pose_frames: torch.Tensor, face_hands: torch.Tensor, lips: torch.Tensor, hands: torch.Tensor,
-            mono: Optional[torch.Tensor], rate: int, timer: Timer) -> torch.Tensor:
+            mono: Optional[torch.Tensor], rate: int, timer: Timer) -> tuple[torch.Tensor, Any]:
+    """Stage II: the video latents (1, 4, T, h, w) at 25 fps and the VAE that decodes them."""
     from .audio.wav2vec import load_wav2vec2, wav2vec2_features
     from .video.conditioning import clip_image_embeds, load_clip_image_encoder
     from .video.decode import load_vae
     from .video.net import load_video_net
+    from .video.sampler import sample_latents
 
     started = time.perf_counter()
     features = None
@@ -150,9 +194,10 @@ def _stage2(args: argparse.Namespace, models: Path, device: torch.device, dtype:
     cond = video_conditioning(net, vae, embeds, image, pose_frames, face_hands, lips, hands, features, args.width,
                               args.height, args.mask_mode)
     started = time.perf_counter()
-    video = render_video(net, vae, cond, options)
-    timer.measure("stage-II sampling + decode", started)
-    return video
+    generator = torch.Generator(device="cpu").manual_seed(options.seed)
+    latents = sample_latents(net, cond, options.sampling(), generator)
+    timer.measure("stage-II sampling", started)
+    return latents, vae
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=512, help="output width, multiple of 64 (default 512)")
     parser.add_argument("--height", type=int, default=512, help="output height, multiple of 64 (default 512)")
     parser.add_argument("--fps", type=float, default=FPS, help="output frame rate; frames are resampled, the audio "
-                                                               "is untouched, so lip sync holds (default 25)")
+                                                               "is untouched, so lip sync holds (default 25). "
+                                                               "Frames = round(fps × audio duration); the audio is "
+                                                               "cut or padded to the video's duration")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--steps", type=int, default=30, help="Stage-II DDIM steps (official 30)")
     parser.add_argument("--cfg", type=float, default=3.5, help="Stage-II guidance scale (official 3.5)")

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import InputError
+from .file_modes import give_ordinary_mode
 from .keypoints import (
     FEATURE_DIM,
     NUM_KEYPOINTS,
@@ -74,6 +75,7 @@ def save_keypoints_file(sequence: PoseSequence, path: str | os.PathLike[str]) ->
     try:
         save_file({"keypoints": sequence.keypoints.float().contiguous()}, temp_name,
                   metadata={"width": str(sequence.width), "height": str(sequence.height), "fps": str(sequence.fps)})
+        give_ordinary_mode(temp_name)
         os.replace(temp_name, target)
     finally:
         if os.path.exists(temp_name):
@@ -100,5 +102,6 @@ def save_sequence(sequence: PoseSequence, folder: str | os.PathLike[str], prefix
     handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     with os.fdopen(handle, "w") as stream:
         json.dump(to_pose_keypoint(sequence), stream)
+    give_ordinary_mode(temp_name)
     os.replace(temp_name, target)
     return target

@@ -1,8 +1,16 @@
-"""Frame-rate and length changes that keep lip sync: the audio is the clock, frames are resampled onto it."""
+"""Frame-rate and length changes that keep lip sync: the audio is the clock, frames are resampled onto it.
+
+The one length rule of every output (CLI and nodes): a clip of ``d`` seconds becomes
+``video_frame_count(d)`` = **round-to-nearest** of ``fps × d`` frames (halves round up, at least 1), and the
+audio written beside it is cut or zero-padded to exactly that video's duration, ``audio_sample_count(frames)``
+= round-to-nearest of ``frames / fps × rate`` samples. So video and audio durations differ by at most half a
+frame before the cut, and by less than one audio sample after it.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -62,10 +70,55 @@ def audio_frames(num_samples: int, sample_rate: int, fps: float = 25.0) -> int:
     return math.ceil(num_samples / sample_rate * fps)
 
 
+def _round_half_up(value: float) -> int:
+    return math.floor(value + 0.5 + 1e-9)
+
+
+def video_frame_count(num_samples: int, sample_rate: int, fps: float) -> int:
+    """Frames of the output video for ``num_samples`` of audio: round-to-nearest of fps × duration (≥ 1)."""
+    if fps <= 0 or not math.isfinite(fps):
+        raise InputError("fps", f"the frame rate must be a positive number (got {fps}).")
+    return max(1, _round_half_up(num_samples / sample_rate * fps))
+
+
+def audio_sample_count(frames: int, fps: float, sample_rate: int) -> int:
+    """Audio samples that last exactly as long as ``frames`` at ``fps`` (round-to-nearest)."""
+    return _round_half_up(frames / fps * sample_rate)
+
+
+def output_frame_count(generated: int, audio_samples: int | None, sample_rate: int, fps: float) -> int:
+    """Frames to write: the length rule's count for the driving audio, capped by what was generated.
+
+    Without audio (pose-driven), every generated frame is written.
+    """
+    if audio_samples is None:
+        return generated
+    return min(generated, video_frame_count(audio_samples, sample_rate, fps))
+
+
 def trim_audio(waveform: torch.Tensor, sample_rate: int, frames: int, fps: float) -> torch.Tensor:
     """Cut or zero-pad a (…, samples) waveform to exactly the duration of ``frames`` at ``fps``."""
-    samples = round(frames / fps * sample_rate)
+    samples = audio_sample_count(frames, fps, sample_rate)
     have = waveform.shape[-1]
     if have >= samples:
         return waveform[..., :samples]
     return torch.nn.functional.pad(waveform, (0, samples - have))
+
+
+def resample_stream(chunks: Iterable[torch.Tensor], total: int, fps_in: float, fps_out: float, count: int
+                    ) -> Iterator[torch.Tensor]:
+    """:func:`resample_frames` for frames that arrive in chunks (first axis): yields the ``count`` output frames
+    at ``fps_out`` as their source frames arrive, holding one chunk at a time."""
+    wanted = source_indices(total, fps_in, fps_out, count)
+    start = 0
+    position = 0
+    for chunk in chunks:
+        stop = start + chunk.shape[0]
+        end = position
+        while end < count and int(wanted[end]) < stop:
+            end += 1
+        if end > position:
+            yield chunk[wanted[position:end] - start]
+        position, start = end, stop
+        if position >= count:
+            return

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import WeightsError
+from .file_modes import give_ordinary_mode
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -233,6 +234,7 @@ def save_weights(
     os.close(handle)
     try:
         save_file(tensors, temp_name, metadata=metadata)
+        give_ordinary_mode(temp_name)
         os.replace(temp_name, target)
     finally:
         if os.path.exists(temp_name):

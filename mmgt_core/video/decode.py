@@ -1,12 +1,14 @@
 """Chunked VAE encode/decode for video latents (SD ``AutoencoderKL``, scale 0.18215).
 
 The official pipeline decodes one frame at a time (``chunk_frames=1``), then ``(x / 2 + 0.5).clamp(0, 1)``.
-Decoding in chunks keeps memory flat for long videos; the frames are written into one preallocated output.
+Decoding in chunks keeps memory flat for long videos: ``iter_decoded_chunks`` yields the frames chunk by chunk
+(for streaming them into a file, memory independent of length); ``decode_latents`` writes them into one
+preallocated output (for IMAGE batches).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 import torch
@@ -42,6 +44,35 @@ def module_dtype_device(module: Any, default_dtype: torch.dtype = torch.float32)
     return default_dtype, torch.device("cpu")
 
 
+def iter_decoded_chunks(
+    vae: nn.Module | Callable[[torch.Tensor], Any],
+    latents: torch.Tensor,
+    chunk_frames: int = 1,
+    scaling_factor: float = VAE_SCALING,
+    check_cancel: Optional[CancelFn] = None,
+    stop: Optional[int] = None,
+) -> Iterator[torch.Tensor]:
+    """Decode video latents (1, 4, T, h, w) or (T, 4, h, w) lazily: yields frames (n, H, W, 3) float32 CPU in
+    [0, 1], ``chunk_frames`` at a time, in order, so a caller can stream them out in memory independent of T.
+
+    ``stop`` decodes only the first ``stop`` frames. ``check_cancel`` is called before every chunk.
+    """
+    frames_latents = latents[0].transpose(0, 1) if latents.ndim == 5 else latents  # (T, 4, h, w)
+    dtype, device = module_dtype_device(vae)
+    total = frames_latents.shape[0] if stop is None else min(int(stop), frames_latents.shape[0])
+    if total < 1 or frames_latents.ndim != 4:
+        raise InputError("latents", f"expected (1, 4, T, h, w) or (T, 4, h, w) with T >= 1, got {tuple(latents.shape)}",
+                         "pass the sampler's output latents.")
+    chunk_frames = max(1, int(chunk_frames))
+    for start in range(0, total, chunk_frames):
+        if check_cancel is not None:
+            check_cancel()
+        chunk = frames_latents[start:min(start + chunk_frames, total)].to(device=device, dtype=dtype) / scaling_factor
+        with torch.no_grad():
+            images = _decoded(vae.decode(chunk) if hasattr(vae, "decode") else vae(chunk))
+        yield (images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+
 def decode_latents(
     vae: nn.Module | Callable[[torch.Tensor], Any],
     latents: torch.Tensor,
@@ -51,26 +82,16 @@ def decode_latents(
     check_cancel: Optional[CancelFn] = None,
 ) -> torch.Tensor:
     """Video latents (1, 4, T, h, w) or (T, 4, h, w) -> frames (T, H, W, 3) float32 CPU in [0, 1]."""
-    frames_latents = latents[0].transpose(0, 1) if latents.ndim == 5 else latents  # (T, 4, h, w)
-    dtype, device = module_dtype_device(vae)
-    total = frames_latents.shape[0]
-    if total < 1 or frames_latents.ndim != 4:
-        raise InputError("latents", f"expected (1, 4, T, h, w) or (T, 4, h, w) with T >= 1, got {tuple(latents.shape)}",
-                         "pass the sampler's output latents.")
-    chunk_frames = max(1, int(chunk_frames))
+    total = latents.shape[2] if latents.ndim == 5 else latents.shape[0]
     output = torch.empty(0)
-    for start in range(0, total, chunk_frames):
-        if check_cancel is not None:
-            check_cancel()
-        chunk = frames_latents[start:start + chunk_frames].to(device=device, dtype=dtype) / scaling_factor
-        with torch.no_grad():
-            images = _decoded(vae.decode(chunk) if hasattr(vae, "decode") else vae(chunk))
-        images = (images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
-        if start == 0:
+    done = 0
+    for images in iter_decoded_chunks(vae, latents, chunk_frames, scaling_factor, check_cancel):
+        if done == 0:
             output = torch.empty(total, *images.shape[1:], dtype=torch.float32)
-        output[start:start + images.shape[0]] = images
+        output[done:done + images.shape[0]] = images
+        done += images.shape[0]
         if progress is not None:
-            progress(min(start + chunk_frames, total), total)
+            progress(done, total)
     return output
 
 

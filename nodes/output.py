@@ -1,0 +1,143 @@
+"""Output node: decode MMGT video latents chunk by chunk and stream them into an mp4 with the driving audio."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import av
+import torch
+
+from mmgt_core.errors import InputError
+from mmgt_core.timeline import output_frame_count
+from mmgt_core.video.decode import iter_decoded_chunks
+from mmgt_core.video_io import Mp4Writer
+
+from . import host
+from .common import node_errors
+from .stage2 import LATENTS_TYPE, MMGT_VAE_TYPE, VideoLatents, _pick_vae
+
+NODE_NAME = "MMGT Save Video"
+PREVIEW_FRAMES = 4
+
+
+class VideoFile:
+    """VIDEO outside ComfyUI (CLI, tests): a written mp4 read on demand, with the methods of ComfyUI's
+    ``VideoFromFile`` that only need the file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+
+    def get_stream_source(self) -> str:
+        return self.path
+
+    def get_dimensions(self) -> tuple[int, int]:
+        with av.open(self.path) as container:
+            stream = container.streams.video[0]
+            return stream.width, stream.height
+
+    def get_duration(self) -> float:
+        with av.open(self.path) as container:
+            stream = container.streams.video[0]
+            return float(stream.duration * stream.time_base)
+
+
+def video_from_file(path: Path) -> Any:
+    """ComfyUI's core VIDEO for a file (``VideoFromFile``), or :class:`VideoFile` outside ComfyUI."""
+    try:
+        from comfy_api.latest import InputImpl  # type: ignore[import-not-found]
+
+        return InputImpl.VideoFromFile(str(path))
+    except ImportError:
+        pass
+    try:
+        from comfy_api.input_impl import VideoFromFile  # type: ignore[import-not-found]  # older ComfyUI
+
+        return VideoFromFile(str(path))
+    except ImportError:
+        return VideoFile(path)
+
+
+def next_output_file(filename_prefix: str, root: str, extension: str = ".mp4") -> tuple[Path, str, str]:
+    """``<root>/<subfolders>/<name>_00001_.mp4`` with the next free counter, like ComfyUI's savers.
+
+    Returns (path, file name, subfolder). The prefix may hold subfolders but must stay inside ``root``.
+    """
+    root_path = os.path.abspath(root)
+    full = os.path.normpath(os.path.join(root_path, filename_prefix.strip() or "MMGT"))
+    if os.path.commonpath([root_path, full]) != root_path or full == root_path:
+        raise InputError("filename_prefix", f"'{filename_prefix}' points outside the output folder.",
+                         "Use a name like 'MMGT/video' (subfolders are fine, '..' is not).")
+    folder, base = os.path.split(full)
+    pattern = re.compile(rf"^{re.escape(base)}_(\d+)_?{re.escape(extension)}$")
+    taken = [int(m.group(1)) for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+             if (m := pattern.match(name))]
+    name = f"{base}_{max(taken, default=0) + 1:05d}_{extension}"
+    return Path(folder) / name, name, os.path.relpath(folder, root_path).replace(os.sep, "/").lstrip(".")
+
+
+def _preview_indices(count: int, wanted: int = PREVIEW_FRAMES) -> list[int]:
+    if count <= wanted:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)})
+
+
+def _driving_audio(latents: VideoLatents) -> tuple[Optional[torch.Tensor], int]:
+    """The AUDIO dict's first clip as (channels, samples), and its rate; (None, 16000) without audio."""
+    if latents.audio is None:
+        return None, 16000
+    waveform = latents.audio["waveform"]
+    waveform = waveform[0] if waveform.ndim == 3 else waveform.reshape(-1, waveform.shape[-1])
+    return waveform, int(latents.audio["sample_rate"])
+
+
+class SaveVideo:
+    DESCRIPTION = ("Decodes MMGT video latents a few frames at a time and streams them straight into an H.264 mp4 "
+                   "with the driving audio (AAC, first sample on the first frame), so memory does not grow with "
+                   "the length. Written to a temporary file and renamed when complete: cancelling or a full disk "
+                   "leaves no partial file. Returns the VIDEO (the saved file) and a few preview frames.")
+    CATEGORY = "MMGT/sampling"
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("VIDEO", "IMAGE")
+    RETURN_NAMES = ("video", "preview")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "latents": (LATENTS_TYPE, {"tooltip": "From MMGT Sample Video (carries the fps and the driving audio)."}),
+            "filename_prefix": ("STRING", {"default": "MMGT/video", "tooltip": "File name in ComfyUI's output "
+                                           "folder; subfolders allowed. A counter and .mp4 are appended."}),
+            "chunk_frames": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames decoded at once (lower "
+                                                                                   "uses less memory)."}),
+        }, "optional": {
+            "mmgt_vae": (MMGT_VAE_TYPE, {"tooltip": "MMGT Load VAE (diffusers folder)."}),
+            "vae": ("VAE", {"tooltip": "Or ComfyUI's VAE (vae-ft-mse-840000)."}),
+        }}
+
+    def save(self, latents: VideoLatents, filename_prefix: str, chunk_frames: int, mmgt_vae: Any = None,
+             vae: Any = None) -> dict[str, Any]:
+        with node_errors(NODE_NAME):
+            decoder = _pick_vae(vae, mmgt_vae, NODE_NAME)
+            path, name, subfolder = next_output_file(filename_prefix, host.output_directory())
+            wave, rate = _driving_audio(latents)
+            count = output_frame_count(int(latents.latents.shape[2]), None if wave is None else wave.shape[-1],
+                                       rate, latents.fps)
+            wanted = _preview_indices(count)
+            previews: list[torch.Tensor] = []
+            progress = host.progress_reporter(count)
+            with Mp4Writer(path, latents.fps, wave, rate) as writer:
+                for frames in iter_decoded_chunks(decoder, latents.latents, chunk_frames,
+                                                  check_cancel=host.check_cancel, stop=count):
+                    first = writer.frames_written
+                    previews += [frames[i - first] for i in wanted if first <= i < first + frames.shape[0]]
+                    writer.write(frames)
+                    progress(writer.frames_written, count)
+        ui = {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+        return {"ui": ui, "result": (video_from_file(writer.target), torch.stack(previews))}
+
+
+NODE_CLASS_MAPPINGS = {"MMGT_SaveVideo": SaveVideo}
+NODE_DISPLAY_NAME_MAPPINGS = {"MMGT_SaveVideo": NODE_NAME}
