@@ -17,7 +17,7 @@ from mmgt_core.video_io import Mp4Writer
 
 from . import host
 from .common import node_errors
-from .stage2 import LATENTS_TYPE, MMGT_VAE_TYPE, VideoLatents, _pick_vae
+from .stage2 import LATENTS_TYPE, MMGT_VAE_TYPE, VideoLatents, vae_for_decoding
 
 NODE_NAME = "MMGT Save Video"
 PREVIEW_FRAMES = 4
@@ -120,7 +120,6 @@ class SaveVideo:
     def save(self, latents: VideoLatents, filename_prefix: str, chunk_frames: int, mmgt_vae: Any = None,
              vae: Any = None) -> dict[str, Any]:
         with node_errors(NODE_NAME):
-            decoder = _pick_vae(vae, mmgt_vae, NODE_NAME)
             path, name, subfolder = next_output_file(filename_prefix, host.output_directory())
             wave, rate = _driving_audio(latents)
             count = output_frame_count(int(latents.latents.shape[2]), None if wave is None else wave.shape[-1],
@@ -128,8 +127,9 @@ class SaveVideo:
             wanted = _preview_indices(count)
             previews: list[torch.Tensor] = []
             progress = host.progress_reporter(count)
-            with Mp4Writer(path, latents.fps, wave, rate) as writer:
-                for frames in iter_decoded_chunks(decoder, latents.latents, chunk_frames,
+            with vae_for_decoding(latents, chunk_frames, mmgt_vae, vae, NODE_NAME) as (decoder, chunk), \
+                    Mp4Writer(path, latents.fps, wave, rate) as writer:
+                for frames in iter_decoded_chunks(decoder, latents.latents, chunk,
                                                   check_cancel=host.check_cancel, stop=count):
                     first = writer.frames_written
                     previews += [frames[i - first] for i in wanted if first <= i < first + frames.shape[0]]

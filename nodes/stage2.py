@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Optional
@@ -340,21 +341,29 @@ class DecodeVideo:
     def decode(self, latents: VideoLatents, chunk_frames: int, mmgt_vae: Optional[host.ModelHandle] = None,
                vae: Any = None) -> tuple[torch.Tensor, float, dict[str, Any]]:
         with node_errors("MMGT Decode Video"):
-            decoder = _pick_vae(vae, mmgt_vae, "MMGT Decode Video")
-            height, width = (side * 8 for side in latents.latents.shape[-2:])
-            managed: AbstractContextManager[None] = nullcontext()
-            if mmgt_vae is not None:  # a core VAE loads itself through ComfyUI
-                managed = host.compute_with(
-                    [mmgt_vae], stage="MMGT Decode Video", workload=f"{chunk_frames} frames at {width}x{height}",
-                    lower="chunk_frames", memory_required=vae_decode_bytes(width, height, chunk_frames, mmgt_vae.dtype))
-            with managed:
-                if mmgt_vae is not None:  # fewer frames at once when the GPU has less room than asked for
-                    chunk_frames = decode_chunk_that_fits(host.free_memory_bytes(mmgt_vae.load_device), width,
-                                                          height, mmgt_vae.dtype, chunk_frames)
-                frames = decode_latents(decoder, latents.latents, chunk_frames,
+            with vae_for_decoding(latents, chunk_frames, mmgt_vae, vae, "MMGT Decode Video") as (decoder, chunk):
+                frames = decode_latents(decoder, latents.latents, chunk,
                                         progress=host.progress_reporter(latents.latents.shape[2]),
                                         check_cancel=host.check_cancel)
         return frames, latents.fps, _audio_for(latents, frames.shape[0])
+
+
+@contextmanager
+def vae_for_decoding(latents: VideoLatents, chunk_frames: int, mmgt_vae: Optional[host.ModelHandle], vae: Any,
+                     node: str) -> Iterator[tuple[Any, int]]:
+    """The decoder to use (loaded through ComfyUI's model management when it is ours) and the chunk size that fits
+    the free memory; a core VAE loads itself through ComfyUI."""
+    decoder = _pick_vae(vae, mmgt_vae, node)
+    if mmgt_vae is None:
+        yield decoder, chunk_frames
+        return
+    height, width = (side * 8 for side in latents.latents.shape[-2:])
+    with host.compute_with([mmgt_vae], stage=node, workload=f"{chunk_frames} frames at {width}x{height}",
+                           lower="chunk_frames",
+                           memory_required=vae_decode_bytes(width, height, chunk_frames, mmgt_vae.dtype)):
+        # fewer frames at once when the GPU has less room than asked for
+        yield decoder, decode_chunk_that_fits(host.free_memory_bytes(mmgt_vae.load_device), width, height,
+                                              mmgt_vae.dtype, chunk_frames)
 
 
 def core_latent(latents: torch.Tensor) -> dict[str, torch.Tensor]:
