@@ -9,7 +9,7 @@ import logging
 from . import host
 
 LOGGER = logging.getLogger("ComfyUI-MMGT")
-STAGE_MODULES = ("pose", "stage1", "stage2", "workflow", "video_pose")
+STAGE_MODULES = ("pose", "stage1", "stage2", "workflow", "video_pose", "motion")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
