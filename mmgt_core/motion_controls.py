@@ -10,7 +10,8 @@ unchanged unless a user asks for something. Scores are never changed; only visib
   Frames where a point is hidden are bridged by interpolation for the filter and then left as they were.
 * Silence gate: frames whose audio energy stays below ``threshold_db`` (relative to the loudest frame) for longer
   than ``hang_seconds`` are silent; there the lips ease (over ``ease_seconds``) to the reference lips with the
-  mouth closed, placed on the current mouth corners. The MM-HAA lip/face attention weights are not faded here.
+  mouth closed, placed on the current mouth corners (scores unchanged). The MM-HAA lip/face attention weights
+  are not faded here.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def speech_weights(wave: torch.Tensor, sample_rate: int, fps: float, frames: int
     if ease > 0:
         kernel = np.ones(2 * ease + 1) / (2 * ease + 1)
         weights = np.convolve(np.pad(weights, ease, mode="edge"), kernel, mode="valid")
-    return np.clip(weights, 0.0, 1.0)
+    return np.clip(np.round(weights, 6), 0.0, 1.0)  # rounding: a full window of ones is exactly 1
 
 
 def closed_lips(reference: torch.Tensor) -> torch.Tensor:
@@ -226,8 +227,6 @@ def gate_lips(sequence: PoseSequence, wave: torch.Tensor, sample_rate: int, gate
     anchor = source[:, corners, :2].mean(1, keepdim=True)
     closed = ref[lips, :2] - ref[corners, :2].mean(0) + anchor
     weight = torch.from_numpy(weights).float()[:, None, None]
-    eased = closed + weight * (source[:, lips, :2] - closed)
-    usable = (source[:, lips, 2] > 0) & (source[:, corners, 2] > 0).all(1, keepdim=True)
     out = source.clone()
-    out[:, lips, :2] = torch.where(usable[..., None], eased, source[:, lips, :2])
+    out[:, lips, :2] = closed + weight * (source[:, lips, :2] - closed)  # hidden lips too: they stay hidden
     return sequence.with_keypoints(out.to(sequence.keypoints.dtype)), weights
