@@ -1,4 +1,4 @@
-"""Video-driven nodes: keypoints of a real person's video (DWPose, frame by frame, one person followed)."""
+"""Video-driven nodes: keypoints of a real person's video (DWPose, one person followed), or of a pose drawing."""
 
 from __future__ import annotations
 
@@ -66,9 +66,43 @@ class DetectKeypoints:
         return sequence, "\n".join(notes)
 
 
+class KeypointsFromPoseVideo:
+    """Read keypoints back from a DWPose-style pose video, enough for the motion masks."""
+
+    DESCRIPTION = ("For a pose video without keypoints (a DWPose/OpenPose-style drawing on black): reads back the "
+                   "body joints and hand points from their colours, the face region from its white dots and the "
+                   "lips region from the mouth dots below the nose, so that MMGT Motion Masks can make real face, "
+                   "lip and hand masks. It cannot recover which face dot is which landmark (only the face and lip "
+                   "regions are meaningful), knees and ankles, points hidden under others, or scores; hand points "
+                   "whose number cannot be told are kept for the hand region only. Other drawing styles are refused.")
+    CATEGORY = CATEGORY
+    FUNCTION = "recover"
+    RETURN_TYPES = (KEYPOINTS_TYPE,)
+    RETURN_NAMES = ("keypoints",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "pose_frames": ("IMAGE", {"tooltip": "The pose video's frames (e.g. Get Video Components → images)."}),
+            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                              "tooltip": "Frame rate of the pose video."}),
+        }}
+
+    def recover(self, pose_frames: torch.Tensor, fps: float) -> tuple[PoseSequence]:
+        from mmgt_core.pose_recover import recover_pose_sequence
+
+        with node_errors("MMGT Keypoints From Pose Video"):
+            frames = image_to_uint8_frames(pose_frames)
+            sequence = recover_pose_sequence(frames, fps, progress=host.progress_reporter(int(frames.shape[0])),
+                                             check_cancel=host.check_cancel)
+        return (sequence,)
+
+
 NODE_CLASS_MAPPINGS = {
     "MMGT_DetectKeypoints": DetectKeypoints,
+    "MMGT_KeypointsFromPoseVideo": KeypointsFromPoseVideo,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "MMGT_DetectKeypoints": "MMGT Detect Keypoints",
+    "MMGT_KeypointsFromPoseVideo": "MMGT Keypoints From Pose Video",
 }
