@@ -101,7 +101,7 @@ def test_converter_skips_frontend_only_values_and_lets_links_replace_widgets(com
     assert converted["4"]["inputs"] == {"audio": audio["widgets_values"][0]}  # audio player/upload values skipped
     assert str(nodes[17]["id"]) not in converted and nodes[17]["type"] == "Note"
     del sample["widgets_values"][-1]
-    with pytest.raises(ConversionError, match="no stored value for widget .context_schedule."):
+    with pytest.raises(ConversionError, match="no stored value for widget .scheduler."):
         convert(workflow, input_types(comfy_host["classes"]))
 
 
