@@ -14,7 +14,8 @@ What a drawing determines, and how it is read back (colours from ``render.py``):
 What a drawing cannot give back: which face dot is which landmark (only the regions are meaningful), knees and
 ankles (hidden by the default drawing; knee 12's colour is the hand-joint blue), points hidden under others, and
 scores (recovered points get 1, missing ones 0). Drawings in another style (OpenPose body only, other colours,
-anti-aliased or on a non-black background) are refused with "not a DWPose drawing".
+anti-aliased or on a non-black background) are refused with "not a DWPose drawing", and so are drawings whose
+colours lossy video compression changed (an H.264 pose video): the colours are the only key to what is what.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ from .keypoints import FACE, LEFT_HAND, LIPS, RIGHT_HAND, PoseSequence
 from .render import BODY_COLORS, FACE_COLOR, HAND_EDGE_COLORS, HAND_EDGES, HAND_JOINT_COLOR, _pen_sizes
 from .types import CancelFn, ProgressFn, no_cancel, no_progress
 
-COLOUR_TOLERANCE = 24.0  # max distance (RGB) to a palette colour; absorbs mild video compression
+COLOUR_TOLERANCE = 24.0  # max distance (RGB) to a palette colour; absorbs slight colour shifts only
 MIN_PALETTE_SHARE = 0.85  # share of drawn (non-black) pixels that must be palette colours
+MIN_DISC_SHARE = 0.4  # blobs smaller than this share of a disc are specks, not points
 BLACK_LEVEL = 30  # brighter than this (max channel) counts as drawn
 LEG_JOINTS = (9, 10, 12, 13)
 UNIDENTIFIED_SCORE = 0.5  # a hand disc whose point number is unknown: counted by the masks, not by identity
 _LIMB_COLOURS = [tuple(int(c * 0.9) for c in colour) for colour in BODY_COLORS]
-NOT_DWPOSE_FIX = ("Use a pose video drawn by MMGT Render Pose or a DWPose/OpenPose node of comfyui_controlnet_aux "
-                  "(black background, standard colours, not resized with smoothing), or give keypoints instead.")
+NOT_DWPOSE_FIX = ("Use the drawing itself (the IMAGE output of MMGT Render Pose or of a DWPose node of "
+                  "comfyui_controlnet_aux, or a lossless video/PNG frames of it: H.264 compression changes the "
+                  "colours too much), black background, not resized with smoothing; or give keypoints instead.")
 
 
 @dataclass
@@ -88,8 +91,9 @@ def check_dwpose_drawing(labels: np.ndarray, drawn: np.ndarray, frame_index: int
     share = float((labels[drawn] >= 0).mean())
     joints = sum(1 for j in range(18) if (labels == LABEL[f"joint{j}"]).any())
     if share < MIN_PALETTE_SHARE or joints < 2:
-        raise InputError(input_name, f"frame {frame_index} is not a DWPose drawing ({share:.0%} of its drawn pixels "
-                                     f"have DWPose colours, {joints} body joint colour(s) found).", NOT_DWPOSE_FIX)
+        raise InputError(input_name, f"frame {frame_index} is not a DWPose drawing, or one whose colours video "
+                                     f"compression changed ({share:.0%} of its drawn pixels have DWPose colours, "
+                                     f"{joints} body joint colour(s) found).", NOT_DWPOSE_FIX)
 
 
 def _blobs(mask: np.ndarray) -> list[tuple[np.ndarray, int]]:
@@ -105,6 +109,8 @@ def _disc_centres(mask: np.ndarray, radius: int) -> list[np.ndarray]:
     centres: list[np.ndarray] = []
     for i in range(1, count):
         area = stats[i, cv2.CC_STAT_AREA]
+        if area < MIN_DISC_SHARE * disc_area:
+            continue  # a speck: a compression artefact or a sliver of a covered disc, not a point
         discs = int(round(area / disc_area))
         if discs <= 1:
             centres.append(centroids[i])

@@ -74,7 +74,8 @@ class KeypointsFromPoseVideo:
                    "lips region from the mouth dots below the nose, so that MMGT Motion Masks can make real face, "
                    "lip and hand masks. It cannot recover which face dot is which landmark (only the face and lip "
                    "regions are meaningful), knees and ankles, points hidden under others, or scores; hand points "
-                   "whose number cannot be told are kept for the hand region only. Other drawing styles are refused.")
+                   "whose number cannot be told are kept for the hand region only. Needs the drawing's exact "
+                   "colours: other drawing styles and H.264-compressed pose videos are refused.")
     CATEGORY = CATEGORY
     FUNCTION = "recover"
     RETURN_TYPES = (KEYPOINTS_TYPE,)

@@ -77,3 +77,16 @@ def test_another_drawing_style_is_not_a_dwpose_drawing():
     photo = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
     with pytest.raises(InputError, match="frame 0 is not a DWPose drawing"):
         recover_pose_sequence(photo[None])
+
+
+def test_a_drawing_whose_colours_h264_changed_is_refused_not_misread(drawn, tmp_path):
+    import av
+
+    from mmgt_core.video_io import write_mp4
+
+    truth, _ = drawn
+    write_mp4(tmp_path / "pose.mp4", render_pose_video(truth).float() / 255.0, 25.0)
+    with av.open(str(tmp_path / "pose.mp4")) as container:
+        decoded = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    with pytest.raises(InputError, match="compression"):
+        recover_pose_sequence(decoded)
