@@ -194,10 +194,51 @@ def _recover_hands(labels: np.ndarray, out: np.ndarray, radius: int) -> None:
             unplaced.append((hand, centre))
             continue
         out[slot] = (centre[0], centre[1], 1.0)
+    unplaced = _place_by_chain(out, unplaced)
     for hand, centre in unplaced:  # where a disc is, without knowing which point it is: still part of the hand
         free = [k for k in hand if out[k, 2] == 0]
         if free:
             out[free[-1]] = (centre[0], centre[1], UNIDENTIFIED_SCORE)
+
+
+def _expected_position(points: np.ndarray, index: int) -> np.ndarray | None:
+    """Where hand point ``index`` should be from its identified finger neighbours (None: not enough known)."""
+    known = points[:, 2] == 1.0
+    previous = 0 if index % 4 == 1 else index - 1
+    following = index + 1 if index % 4 != 0 else None
+    if following is not None and known[previous] and known[following]:
+        return (points[previous, :2] + points[following, :2]) / 2
+    before = (0 if previous % 4 == 1 else previous - 1) if previous != 0 else None
+    if before is not None and known[previous] and known[before]:
+        return points[previous, :2] + (points[previous, :2] - points[before, :2])
+    return None
+
+
+def _place_by_chain(out: np.ndarray, unplaced: list[tuple[range, np.ndarray]]) -> list[tuple[range, np.ndarray]]:
+    """Identify leftover discs where the finger's identified neighbours predict them (midpoint or continuation),
+    closest match first; a disc farther than half a bone from every prediction stays unidentified."""
+    remaining = list(unplaced)
+    while remaining:
+        best: tuple[float, int, int] | None = None
+        for number, (hand, centre) in enumerate(remaining):
+            points = out[hand.start : hand.stop]
+            for index in range(1, 21):
+                if points[index, 2] != 0:
+                    continue
+                expected = _expected_position(points, index)
+                if expected is None:
+                    continue
+                previous = 0 if index % 4 == 1 else index - 1
+                bone = float(np.linalg.norm(expected - points[previous, :2])) or 1.0
+                distance = float(np.linalg.norm(centre - expected))
+                if distance < 0.5 * bone and (best is None or distance < best[0]):
+                    best = (distance, number, hand.start + index)
+        if best is None:
+            break
+        _, number, slot = best
+        centre = remaining.pop(number)[1]
+        out[slot] = (centre[0], centre[1], 1.0)
+    return remaining
 
 
 def _nearer_hand(centre: np.ndarray, wrists: dict[range, np.ndarray | None]) -> range:
