@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -169,25 +170,34 @@ def from_official_feature(feature: torch.Tensor, width: int, height: int, fps: f
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# ComfyUI POSE_KEYPOINT (OpenPose JSON, as comfyui_controlnet_aux's DWPose node writes it)
+# ComfyUI POSE_KEYPOINT, in its two flavours
 # ---------------------------------------------------------------------------------------------------------------
 #
-# Per frame: {"people": [{"pose_keypoints_2d": 18×3, "face_keypoints_2d": 68×3 or 70×3,
-#              "hand_left_keypoints_2d": 21×3, "hand_right_keypoints_2d": 21×3}],
-#             "canvas_width": W, "canvas_height": H}
-# What is lost or synthesised in the conversion:
-# * feet (18–23) do not exist in POSE_KEYPOINT: they become score 0 going in, and are dropped going out;
-# * OpenPose faces have 70 points, the last two being pupils: they are dropped going in; going out they are
-#   synthesised as the mean of each eye's six contour points (iBUG 36–41 right eye, 42–47 left eye);
-# * a missing part (None or an empty list) becomes score-0 points; points written as (0, 0, 0) stay invisible.
+# Per frame: {"people": [person, ...], "canvas_width": W, "canvas_height": H}. Two producers write different people:
+#
+# * "openpose" (comfyui_controlnet_aux's DWPose/OpenPose nodes): "pose_keypoints_2d" 18×3, "face_keypoints_2d"
+#   68×3 or 70×3 (68, 69 = pupils), "hand_left_keypoints_2d" = points 92–112, "hand_right_keypoints_2d" =
+#   113–133. No feet: they become score 0 going in and are dropped going out. Invisible points are (0, 0, 0);
+#   coordinates are pixels or normalised to [0, 1].
+# * "sdpose" (ComfyUI core's SDPose Keypoint Extractor, comfy_extras/nodes_sdpose.py): the same, plus
+#   "foot_keypoints_2d" 6×3 (points 18–23); the face has 70 points whose last two are copies of the body's eyes
+#   (14, 15); every point keeps its raw score; pixels. Core names the hands the other way round:
+#   "hand_right_keypoints_2d" holds points 92–112 and "hand_left_keypoints_2d" 113–133. We follow its indices,
+#   not its names, so that core's drawing and ours put each hand in the same place.
+#
+# The flavour of an input is read from the data: any person with a "foot_keypoints_2d" entry makes it "sdpose".
 
-_POSE_KEYS = ("pose_keypoints_2d", "face_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d")
-_PART_RANGES = {
-    "pose_keypoints_2d": BODY,
-    "face_keypoints_2d": FACE,
-    "hand_left_keypoints_2d": LEFT_HAND,
-    "hand_right_keypoints_2d": RIGHT_HAND,
+POSE_KEYPOINT_FLAVOURS: tuple[str, ...] = ("openpose", "sdpose")
+_BODY_KEY = "pose_keypoints_2d"
+_FACE_KEY = "face_keypoints_2d"
+_FEET_KEY = "foot_keypoints_2d"
+_PART_RANGES_BY_FLAVOUR: dict[str, dict[str, range]] = {
+    "openpose": {_BODY_KEY: BODY, _FACE_KEY: FACE, "hand_left_keypoints_2d": LEFT_HAND,
+                 "hand_right_keypoints_2d": RIGHT_HAND},
+    "sdpose": {_BODY_KEY: BODY, _FEET_KEY: FEET, _FACE_KEY: FACE, "hand_right_keypoints_2d": LEFT_HAND,
+               "hand_left_keypoints_2d": RIGHT_HAND},
 }
+_ALL_KEYS = (_BODY_KEY, _FEET_KEY, _FACE_KEY, "hand_left_keypoints_2d", "hand_right_keypoints_2d")
 
 
 def _part_points(values: Sequence[float] | None, count: int, part: str) -> torch.Tensor:
@@ -198,25 +208,26 @@ def _part_points(values: Sequence[float] | None, count: int, part: str) -> torch
     if points.numel() % 3:
         raise InputError("pose_keypoint", f"'{part}' has {points.numel()} numbers, not a multiple of 3.")
     points = points.reshape(-1, 3)
-    if part == "face_keypoints_2d" and points.shape[0] == 70:
-        points = points[:68]  # OpenPose pupils (68, 69) have no place in the 134 layout
+    if part == _FACE_KEY and points.shape[0] == 70:
+        points = points[:68]  # OpenPose pupils / SDPose eye copies (68, 69) have no place in the 134 layout
     if points.shape[0] != count:
         raise InputError("pose_keypoint", f"'{part}' has {points.shape[0]} points, expected {count}.")
     return points
 
 
-def _person_extent(points: torch.Tensor) -> float:
-    """Bounding-box area of a person's visible points (used to pick the largest person)."""
-    visible = points[points[:, 2] > 0]
-    if visible.shape[0] < 2:
-        return 0.0
-    span = visible[:, :2].max(0).values - visible[:, :2].min(0).values
-    return float(span[0] * span[1])
+def pose_keypoint_flavour(pose_keypoint: list[dict[str, Any]] | dict[str, Any]) -> str:
+    """"sdpose" when any person carries "foot_keypoints_2d" (ComfyUI core's form), else "openpose"."""
+    frames = [pose_keypoint] if isinstance(pose_keypoint, dict) else list(pose_keypoint or [])
+    for frame in frames:
+        for person in frame.get("people") or []:
+            if isinstance(person, dict) and _FEET_KEY in person:
+                return "sdpose"
+    return "openpose"
 
 
-def _person_to_points(person: dict[str, Any]) -> torch.Tensor:
+def _person_to_points(person: dict[str, Any], flavour: str) -> torch.Tensor:
     points = torch.zeros(NUM_KEYPOINTS, 3)
-    for part, index_range in _PART_RANGES.items():
+    for part, index_range in _PART_RANGES_BY_FLAVOUR[flavour].items():
         points[index_range.start : index_range.stop] = _part_points(person.get(part), len(index_range), part)
     return points
 
@@ -234,37 +245,47 @@ def from_pose_keypoint(
     pose_keypoint: list[dict[str, Any]] | dict[str, Any], fps: float = 25.0, width: int | None = None,
     height: int | None = None,
 ) -> tuple[PoseSequence, list[str]]:
-    """Convert ComfyUI ``POSE_KEYPOINT`` frames into a :class:`PoseSequence`.
+    """Convert ComfyUI ``POSE_KEYPOINT`` frames (either flavour, detected) into a :class:`PoseSequence`.
 
-    Several people in a frame: the largest (by bounding box of its visible points) is taken. A frame with no
-    person repeats the previous frame's person (or is all score 0 at the start). Returns the sequence and a list
-    of notes saying what was chosen or filled in.
+    Several people: the largest (bounding box of its visible points) is taken in the first frame with people, and
+    the same person is then followed by overlap (a newcomer does not take over). A frame without that person
+    repeats the previous frame's pose (or the first found pose at the start). Returns the sequence and notes
+    saying which flavour came in and what was chosen or filled in.
     """
+    from .pose_detect.track import PersonTracker, keypoint_box  # here: pose_detect imports this module
+
     frames_in = [pose_keypoint] if isinstance(pose_keypoint, dict) else list(pose_keypoint or [])
     if not frames_in:
         raise InputError("pose_keypoint", "is empty (no frames).", "Connect a DWPose/OpenPose estimator output.")
-    notes: list[str] = []
-    frames: list[torch.Tensor] = []
+    flavour = pose_keypoint_flavour(frames_in)
+    notes: list[str] = [f"POSE_KEYPOINT flavour: {flavour}"]
     canvas_w = width or int(frames_in[0].get("canvas_width") or 0)
     canvas_h = height or int(frames_in[0].get("canvas_height") or 0)
-    empty_frames: list[int] = []
+    tracker = PersonTracker()
+    box_threshold = POINT_SCORE_THRESHOLD if flavour == "sdpose" else 0.0  # SDPose keeps raw low scores
+    chosen: list[torch.Tensor | None] = []
     multi_frames: list[int] = []
     for index, frame in enumerate(frames_in):
-        people = [p for p in frame.get("people", []) if any(p.get(k) for k in _POSE_KEYS)]
-        if not people:
-            empty_frames.append(index)
-            frames.append(frames[-1].clone() if frames else torch.zeros(NUM_KEYPOINTS, 3))
-            continue
-        candidates = [_person_to_points(p) for p in people]
+        people = [p for p in frame.get("people") or [] if isinstance(p, dict) and any(p.get(k) for k in _ALL_KEYS)]
+        candidates = [_person_to_points(p, flavour) for p in people]
         if len(candidates) > 1:
             multi_frames.append(index)
-        frames.append(max(candidates, key=_person_extent))
+        boxes = np.array([keypoint_box(c.numpy(), threshold=box_threshold) for c in candidates]).reshape(-1, 4)
+        pick = tracker.choose(boxes)
+        chosen.append(None if pick is None else candidates[pick])
+    empty_frames = [i for i, c in enumerate(chosen) if c is None]
     if len(empty_frames) == len(frames_in):
         raise InputError("pose_keypoint", "no person was found in any frame.", "Use an image or video with a person.")
+    first_found = next(c for c in chosen if c is not None)
+    frames: list[torch.Tensor] = []
+    for points in chosen:
+        frames.append((frames[-1] if frames else first_found).clone() if points is None else points)
     if empty_frames:
-        notes.append(f"{len(empty_frames)} frame(s) had no person and repeat the previous pose: {empty_frames[:10]}")
+        notes.append(f"{len(empty_frames)} frame(s) had no person (or not the followed one) and repeat the pose "
+                     f"before: {empty_frames[:10]}")
     if multi_frames:
-        notes.append(f"{len(multi_frames)} frame(s) had several people; the largest was taken: {multi_frames[:10]}")
+        notes.append(f"{len(multi_frames)} frame(s) had several people; the largest at the start was followed: "
+                     f"{multi_frames[:10]}")
     keypoints = torch.stack(frames)
     if _looks_normalized(frames):
         if not (canvas_w and canvas_h):
@@ -275,7 +296,8 @@ def from_pose_keypoint(
         notes.append("coordinates were normalised to [0, 1]; scaled to the canvas")
     elif not (canvas_w and canvas_h):
         raise InputError("pose_keypoint", "has no canvas_width/canvas_height.", "Give the width and height.")
-    notes.append("feet (points 18–23) are not in POSE_KEYPOINT and were set invisible")
+    if flavour == "openpose":
+        notes.append("feet (points 18–23) are not in OpenPose POSE_KEYPOINT and were set invisible")
     return PoseSequence(keypoints, canvas_w, canvas_h, fps), notes
 
 
@@ -283,28 +305,53 @@ def _flat(points: torch.Tensor) -> list[float]:
     return [round(float(v), 4) for v in points.reshape(-1)]
 
 
-def to_pose_keypoint(sequence: PoseSequence, normalized: bool = False) -> list[dict[str, Any]]:
+def _eye_centres(face: torch.Tensor) -> torch.Tensor:
+    """OpenPose pupils (2, 3): the mean of each eye's visible contour points (iBUG 36–41, 42–47)."""
+    pupils = torch.zeros(2, 3)
+    for row, eye in enumerate((face[36:42], face[42:48])):
+        seen = eye[eye[:, 2] > 0]
+        if seen.shape[0]:
+            pupils[row] = seen.mean(0)
+    return pupils
+
+
+def _openpose_person(points: torch.Tensor, scale: torch.Tensor) -> dict[str, list[float]]:
+    points = points.clone()
+    points[points[:, 2] < POINT_SCORE_THRESHOLD] = 0
+    face = points[FACE.start : FACE.stop]
+    person = {_FACE_KEY: _flat(torch.cat([face, _eye_centres(face)]) / scale)}
+    for part, index_range in _PART_RANGES_BY_FLAVOUR["openpose"].items():
+        if part != _FACE_KEY:
+            person[part] = _flat(points[index_range.start : index_range.stop] / scale)
+    return person
+
+
+def _sdpose_person(points: torch.Tensor) -> dict[str, list[float]]:
+    face = torch.cat([points[FACE.start : FACE.stop], points[[14, 15]]])  # core appends the body's eyes
+    person = {_FACE_KEY: _flat(face)}
+    for part, index_range in _PART_RANGES_BY_FLAVOUR["sdpose"].items():
+        if part != _FACE_KEY:
+            person[part] = _flat(points[index_range.start : index_range.stop])
+    return person
+
+
+def to_pose_keypoint(sequence: PoseSequence, normalized: bool = False, flavour: str = "openpose"
+                     ) -> list[dict[str, Any]]:
     """Convert a :class:`PoseSequence` into ComfyUI ``POSE_KEYPOINT`` frames (one person per frame).
 
-    Invisible points (score < 0.3) are written as (0, 0, 0), as OpenPose JSON does; visible ones keep their score.
-    The two OpenPose pupil points are synthesised from the eye contours; feet are dropped.
+    ``"openpose"``: invisible points (score < 0.3) are written as (0, 0, 0), visible ones keep their score, the two
+    pupils are synthesised from the eye contours and feet are dropped; ``normalized`` writes [0, 1] coordinates.
+    ``"sdpose"`` (ComfyUI core's form): pixels, feet kept, every score kept as it is.
     """
+    if flavour not in POSE_KEYPOINT_FLAVOURS:
+        raise InputError("flavour", f"unknown POSE_KEYPOINT flavour {flavour!r}.",
+                         f"Use one of {', '.join(POSE_KEYPOINT_FLAVOURS)}.")
+    if flavour == "sdpose" and normalized:
+        raise InputError("normalized", "ComfyUI core's SDPose form is in pixels.",
+                         "Switch 'normalized' off, or write the openpose flavour.")
     frames: list[dict[str, Any]] = []
     scale = torch.tensor([sequence.width, sequence.height, 1.0]) if normalized else torch.ones(3)
     for points in sequence.keypoints.float():
-        points = points.clone()
-        points[points[:, 2] < POINT_SCORE_THRESHOLD] = 0
-        face = points[FACE.start : FACE.stop]
-        pupils = torch.zeros(2, 3)
-        for row, eye in enumerate((face[36:42], face[42:48])):
-            seen = eye[eye[:, 2] > 0]
-            if seen.shape[0]:
-                pupils[row] = seen.mean(0)
-        person = {
-            "pose_keypoints_2d": _flat(points[BODY.start : BODY.stop] / scale),
-            "face_keypoints_2d": _flat(torch.cat([face, pupils]) / scale),
-            "hand_left_keypoints_2d": _flat(points[LEFT_HAND.start : LEFT_HAND.stop] / scale),
-            "hand_right_keypoints_2d": _flat(points[RIGHT_HAND.start : RIGHT_HAND.stop] / scale),
-        }
+        person = _sdpose_person(points) if flavour == "sdpose" else _openpose_person(points, scale)
         frames.append({"people": [person], "canvas_width": sequence.width, "canvas_height": sequence.height})
     return frames

@@ -79,6 +79,7 @@ class VideoOptions:
     context_frames: int = 12
     context_overlap: int = 4
     context_schedule: str = "open"
+    scheduler: str = "ddim"
     smga_steps: int = 50
     smga_guidance: float = 2.0
     smga_overlap: int = 8
@@ -88,7 +89,8 @@ class VideoOptions:
     def sampling(self) -> SamplingSettings:
         return SamplingSettings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.cfg,
                                 branch_weights=self.branch_weights, context_frames=self.context_frames,
-                                context_overlap=self.context_overlap, context_schedule=self.context_schedule)
+                                context_overlap=self.context_overlap, context_schedule=self.context_schedule,
+                                scheduler=self.scheduler)
 
 
 def render_video(net: Any, vae: Any, cond: VideoConditioning, options: VideoOptions,

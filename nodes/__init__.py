@@ -11,7 +11,7 @@ from mmgt_core.packages import pip_name
 from . import host
 
 LOGGER = logging.getLogger("ComfyUI-MMGT")
-STAGE_MODULES = ("pose", "stage1", "stage2", "output", "workflow", "download", "doctor")
+STAGE_MODULES = ("pose", "stage1", "stage2", "output", "workflow", "video_pose", "motion", "download", "doctor")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mmgt_core.keypoints import PoseSequence, from_pose_keypoint, to_pose_keypoint
+from mmgt_core.keypoints import POSE_KEYPOINT_FLAVOURS, PoseSequence, from_pose_keypoint, to_pose_keypoint
 from mmgt_core.keypoints_io import KEYPOINT_FILE_SUFFIXES, load_keypoints_file
 from mmgt_core.masks import motion_masks
 from mmgt_core.render import render_pose_video
@@ -69,9 +69,10 @@ class MotionMasksNode:
 class PoseKeypointToMMGT:
     """POSE_KEYPOINT (OpenPose JSON from a DWPose node) → MMGT keypoints."""
 
-    DESCRIPTION = ("Converts POSE_KEYPOINT (e.g. from the DWPose Estimator of comfyui_controlnet_aux) to MMGT "
-                   "keypoints. Takes the largest person per frame; feet are not in POSE_KEYPOINT and stay hidden; "
-                   "the two OpenPose pupil points are dropped.")
+    DESCRIPTION = ("Converts POSE_KEYPOINT to MMGT keypoints. Reads both flavours and says which came in: ComfyUI "
+                   "core's SDPose form (feet and scores kept) and the OpenPose JSON of comfyui_controlnet_aux's "
+                   "DWPose (no feet: they stay hidden). Takes the largest person at the start and follows that "
+                   "person; the face's two extra points (pupils or eye copies) are dropped.")
     CATEGORY = CATEGORY
     FUNCTION = "convert"
     RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
@@ -99,8 +100,9 @@ class PoseKeypointToMMGT:
 class MMGTToPoseKeypoint:
     """MMGT keypoints → POSE_KEYPOINT."""
 
-    DESCRIPTION = ("Converts MMGT keypoints to POSE_KEYPOINT (OpenPose JSON) for other pose tools. Feet are "
-                   "dropped; pupils are synthesised from the eye contours; hidden points are written as 0, 0, 0.")
+    DESCRIPTION = ("Converts MMGT keypoints to POSE_KEYPOINT for other pose tools. openpose (controlnet_aux): feet "
+                   "dropped, pupils synthesised from the eye contours, hidden points written as 0, 0, 0. sdpose "
+                   "(ComfyUI core's form, e.g. for SDPose Draw Keypoints): pixels, feet and every score kept.")
     CATEGORY = CATEGORY
     FUNCTION = "convert"
     RETURN_TYPES = ("POSE_KEYPOINT",)
@@ -111,12 +113,15 @@ class MMGTToPoseKeypoint:
         return {"required": {
             "keypoints": KEYPOINTS_INPUT,
             "normalized": ("BOOLEAN", {"default": False, "tooltip": "Write coordinates in [0, 1] instead of "
-                                                                    "pixels."}),
+                                                                    "pixels (openpose flavour only)."}),
+        }, "optional": {
+            "flavour": (list(POSE_KEYPOINT_FLAVOURS), {"default": "openpose", "tooltip": "openpose: "
+                        "controlnet_aux's OpenPose JSON (no feet). sdpose: ComfyUI core's form (feet, raw scores)."}),
         }}
 
-    def convert(self, keypoints: PoseSequence, normalized: bool) -> tuple[Any]:
+    def convert(self, keypoints: PoseSequence, normalized: bool, flavour: str = "openpose") -> tuple[Any]:
         with node_errors("MMGT Keypoints → POSE_KEYPOINT"):
-            return (to_pose_keypoint(keypoints, normalized=normalized),)
+            return (to_pose_keypoint(keypoints, normalized=normalized, flavour=flavour),)
 
 
 class LoadKeypoints:

@@ -20,6 +20,7 @@ from mmgt_core.video.conditioning import MASK_MODES, clip_image_embeds, load_cli
 from mmgt_core.video.decode import VAE_SCALING, decode_latents, load_vae
 from mmgt_core.video.net import VideoNet, load_video_net
 from mmgt_core.video.sampler import sample_latents
+from mmgt_core.video.scheduler import SCHEDULERS
 
 from . import host
 from .common import node_errors
@@ -227,7 +228,8 @@ def _image_embeds(image: torch.Tensor, image_encoder: Optional[host.ModelHandle]
 
 class SampleVideo:
     DESCRIPTION = ("Renders the video latents: ReferenceNet on the reference image (once), the 3D UNet with the "
-                   "pose frames, MM-HAA audio attention gated by the motion masks, DDIM v-prediction with CFG. Any "
+                   "pose frames, MM-HAA audio attention gated by the motion masks, DDIM v-prediction with CFG "
+                   "(or DPM-Solver++ 2M / UniPC in fewer steps). Any "
                    "length (sliding context windows) and any size whose sides are multiples of 64.")
     CATEGORY = "MMGT/sampling"
     FUNCTION = "sample"
@@ -251,7 +253,8 @@ class SampleVideo:
             "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Output height, a "
                                                                                             "multiple of 64."}),
             "seed": ("INT", {"default": 42, "min": 0, "max": 2**63 - 1, "tooltip": "Noise seed."}),
-            "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "DDIM steps (official: 30)."}),
+            "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampler steps (official: 30 "
+                                                                               "DDIM steps)."}),
             "cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 20.0, "step": 0.1, "tooltip": "Guidance scale "
                                                                                                "(official: 3.5)."}),
             "full_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.1,
@@ -269,6 +272,9 @@ class SampleVideo:
             "context_schedule": (["open", "closed_loop"], {"default": "open", "tooltip": "open: no wrap-around; "
                                                            "closed_loop: the official schedule (last window wraps "
                                                            "to the first frames)."}),
+            "scheduler": (list(SCHEDULERS), {"default": "ddim", "tooltip": "ddim: the released sampler (use 30 "
+                          "steps). dpmpp_2m (DPM-Solver++ 2M) or unipc: same model setup, fewer steps (e.g. 15); "
+                          "their quality on the real weights is not measured yet."}),
         }, "optional": {
             "audio_features": (STAGE2_AUDIO_TYPE, {"tooltip": "From MMGT Stage-II Audio Features; leave empty for "
                                                               "pose-driven video without audio conditioning."}),
@@ -287,7 +293,7 @@ class SampleVideo:
     def sample(self, video_net: LoadedVideoNet, reference_image: torch.Tensor, pose_frames: torch.Tensor,
                face_hands_mask: torch.Tensor, lips_mask: torch.Tensor, width: int, height: int, seed: int,
                steps: int, cfg: float, full_weight: float, face_weight: float, lips_weight: float, mask_mode: str,
-               context_frames: int, context_overlap: int, context_schedule: str,
+               context_frames: int, context_overlap: int, context_schedule: str, scheduler: str = "ddim",
                audio_features: Optional[Stage2Audio] = None, hands_mask: Optional[torch.Tensor] = None,
                image_encoder: Optional[host.ModelHandle] = None, clip_vision: Any = None,
                mmgt_vae: Optional[host.ModelHandle] = None, vae: Any = None) -> tuple[VideoLatents, dict[str, Any]]:
@@ -309,7 +315,7 @@ class SampleVideo:
             options = VideoOptions(width=width, height=height, seed=seed, steps=steps, cfg=cfg,
                                    branch_weights=(full_weight, face_weight, lips_weight),
                                    context_frames=context_frames, context_overlap=context_overlap,
-                                   context_schedule=context_schedule)
+                                   context_schedule=context_schedule, scheduler=scheduler)
             generator = torch.Generator(device="cpu").manual_seed(seed)
             with host.compute_with([video_net.handle], **fit):  # a core VAE's encode may have evicted the net
                 latents = sample_latents(video_net.net, cond, options.sampling(), generator,

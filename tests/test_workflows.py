@@ -16,6 +16,9 @@ from ui_to_api import EDITOR_ONLY_NODES, ConversionError, convert
 from workflow_assets import (
     API_TWINS_DIR,
     EXTERNAL_POSE_FRAMES,
+    PERSON_VIDEO_FPS,
+    PERSON_VIDEO_SIZE,
+    PERSON_VIDEO_SPEECH_FRAMES,
     SPEECH_SECONDS,
     UI_WORKFLOWS_DIR,
     expected_standin_pose,
@@ -75,7 +78,7 @@ def saved_video(host: dict[str, Any], prefix: str) -> tuple[int, float, float | 
 
 def test_every_ui_workflow_has_an_api_twin():
     assert set(WORKFLOWS) >= {"mmgt_audio_to_video", "mmgt_pose_to_video", "mmgt_audio_and_pose_to_video",
-                              "mmgt_audio_to_pose_preview"}
+                              "mmgt_audio_to_pose_preview", "mmgt_video_to_video"}
     for name in WORKFLOWS:
         assert (API_TWINS_DIR / f"{name}_api.json").is_file(), f"{name} has no API twin"
 
@@ -98,7 +101,7 @@ def test_converter_skips_frontend_only_values_and_lets_links_replace_widgets(com
     assert converted["4"]["inputs"] == {"audio": audio["widgets_values"][0]}  # audio player/upload values skipped
     assert str(nodes[17]["id"]) not in converted and nodes[17]["type"] == "Note"
     del sample["widgets_values"][-1]
-    with pytest.raises(ConversionError, match="no stored value for widget .context_schedule."):
+    with pytest.raises(ConversionError, match="no stored value for widget .scheduler."):
         convert(workflow, input_types(comfy_host["classes"]))
 
 
@@ -177,3 +180,24 @@ def test_audio_to_pose_preview_writes_pose_and_mask_videos(workflow_host):
         assert (frames, fps) == (SPEECH_FRAMES, 25.0) and (audio is not None) == has_audio, prefix
     face_hands = result.outputs["11"][0]
     assert face_hands.shape == (SPEECH_FRAMES, 192, 192) and face_hands.amax() == 1.0
+
+
+def test_video_of_a_person_drives_the_reference_with_its_own_speech(workflow_host):
+    result = run_twin(workflow_host, "mmgt_video_to_video")
+    detected, notes = result.outputs["5"]
+    assert detected.num_frames == round(SPEECH_SECONDS * PERSON_VIDEO_FPS) and detected.fps == PERSON_VIDEO_FPS
+    assert (detected.width, detected.height) == (PERSON_VIDEO_SIZE, PERSON_VIDEO_SIZE) and "found in" in notes
+    expected = expected_standin_pose(PERSON_VIDEO_SIZE, PERSON_VIDEO_SIZE)
+    seen = expected[:, 2] > 0
+    torch.testing.assert_close(detected.keypoints[:, seen, :2], expected[seen, :2].expand(detected.num_frames, -1, -1),
+                               atol=0.5, rtol=0)
+    speech_frames = result.outputs["7"][1]  # the video's own sound sets the length
+    assert speech_frames == PERSON_VIDEO_SPEECH_FRAMES
+    resampled = result.outputs["8"][0]
+    assert resampled.fps == 25.0 and resampled.num_frames == speech_frames
+    frames, fps, audio = result.outputs["16"]
+    assert frames.shape == (speech_frames, 128, 128, 3) and fps == 25.0
+    assert audio["waveform"].shape[-1] == pytest.approx(speech_frames / 25 * audio["sample_rate"], rel=0.02)
+    assert saved_video(workflow_host, "mmgt/video_to_video") == pytest.approx(
+        (speech_frames, 25.0, speech_frames / 25), abs=0.1)
+    assert result.ui["19"]["text"][0], "the detection notes must be shown"

@@ -44,6 +44,9 @@ SPEECH_SECONDS = 1.6  # 40 frames at 25 fps
 POSE_VIDEO_FPS = 30.0
 POSE_VIDEO_FRAMES = 45  # 1.5 s at 30 fps: resampled to 25 fps it is shorter than the speech, so it gets padded
 EXTERNAL_POSE_FRAMES = 30  # shorter than the speech: the blend takes the shorter length
+PERSON_VIDEO_FPS = 30.0  # the driving video of video_to_video: 256×256 at 30 fps, with the speech as its sound
+PERSON_VIDEO_SIZE = 256
+PERSON_VIDEO_SPEECH_FRAMES = 42  # its AAC track decodes 80 ms longer than the 1.6 s written (encoder padding)
 
 
 # What each workflow's SaveVideo nodes write with these inputs: (filename prefix, frames, seconds of audio or None).
@@ -55,6 +58,7 @@ EXPECTED_VIDEOS: dict[str, list[tuple[str, int, float | None]]] = {
     "mmgt_audio_to_pose_preview": [("mmgt/pose_preview", SPEECH_FRAMES, SPEECH_SECONDS),
                                    ("mmgt/pose_preview_face_hands_mask", SPEECH_FRAMES, None),
                                    ("mmgt/pose_preview_lips_mask", SPEECH_FRAMES, None)],
+    "mmgt_video_to_video": [("mmgt/video_to_video", PERSON_VIDEO_SPEECH_FRAMES, PERSON_VIDEO_SPEECH_FRAMES / 25)],
 }
 
 
@@ -169,7 +173,7 @@ def _yolox_raw(box_640: np.ndarray) -> np.ndarray:
 
 
 def write_inputs(inputs: Path, fixtures: Path) -> None:
-    """reference.png, speech.wav, pose_video.mp4 and external_pose.json in ComfyUI's input folder."""
+    """reference.png, speech.wav, pose_video.mp4, external_pose.json and person_video.mp4 in the input folder."""
     from test_stage1_nodes import make_speech
 
     inputs.mkdir(parents=True, exist_ok=True)
@@ -181,6 +185,19 @@ def write_inputs(inputs: Path, fixtures: Path) -> None:
     write_mp4(inputs / "pose_video.mp4", frames, POSE_VIDEO_FPS)
     external = moving_pose(EXTERNAL_POSE_FRAMES, 640, 480, 25.0)
     (inputs / "external_pose.json").write_text(json.dumps(to_pose_keypoint(external)))
+    write_person_video(inputs / "person_video.mp4", inputs / "speech.wav")
+
+
+def write_person_video(path: Path, speech: Path) -> None:
+    """A "video of a person" with sound: square frames (the DWPose stand-ins find their pose in any square
+    image) drawn from a moving pose, and the speech as the audio track."""
+    from scipy.io import wavfile
+
+    frames = round(SPEECH_SECONDS * PERSON_VIDEO_FPS)
+    moving = moving_pose(frames, PERSON_VIDEO_SIZE, PERSON_VIDEO_SIZE, PERSON_VIDEO_FPS)
+    rate, samples = wavfile.read(speech)
+    audio = torch.from_numpy(samples.astype(np.float32) / 32768.0)[None]
+    write_mp4(path, render_pose_video(moving).float() / 255.0, PERSON_VIDEO_FPS, audio, rate)
 
 
 def moving_pose(frames: int, width: int, height: int, fps: float) -> PoseSequence:

@@ -49,6 +49,7 @@ __all__ = [
     "DWPoseResult",
     "ReferencePoseResult",
     "detect_reference_pose",
+    "dwpose_estimator",
     "mediapipe_available",
 ]
 
@@ -149,10 +150,18 @@ def _cached_estimator(detector: str, pose: str, providers: tuple[str, ...], stam
     return DWPoseEstimator(DWPoseFiles(Path(detector), Path(pose)), providers or None)
 
 
+def dwpose_estimator(dwpose_paths: DWPoseFiles | PathLike | Sequence[PathLike],
+                     providers: Sequence[str] | None = None) -> DWPoseEstimator:
+    """The loaded DWPose sessions for these files (kept while the files are unchanged); WeightsError if missing."""
+    files = DWPoseFiles.from_any(dwpose_paths)
+    files.check()
+    stamps = (files.detector.stat().st_mtime_ns, files.pose.stat().st_mtime_ns)
+    return _cached_estimator(str(files.detector), str(files.pose), tuple(providers or ()), stamps)
+
+
 def _run_dwpose(image: np.ndarray, files: DWPoseFiles, person: PersonRule,
                 providers: Sequence[str] | None) -> ReferencePoseResult:
-    stamps = (files.detector.stat().st_mtime_ns, files.pose.stat().st_mtime_ns)
-    estimator = _cached_estimator(str(files.detector), str(files.pose), tuple(providers or ()), stamps)
+    estimator = dwpose_estimator(files, providers)
     found = estimator(image, person)
     person_found = found.person_found or looks_like_a_person(found.keypoints)
     return ReferencePoseResult(found.keypoints, "dwpose", found.num_people, found.chosen_index,

@@ -40,7 +40,7 @@ from mmgt_core.video.conditioning import (
 from mmgt_core.video.context import ContextWindow, context_windows
 from mmgt_core.video.decode import decode_latents, module_dtype_device
 from mmgt_core.video.reference_bank import ReferenceKV
-from mmgt_core.video.scheduler import DEFAULT_STEPS, ddim_step, inference_timesteps, make_scheduler
+from mmgt_core.video.scheduler import DEFAULT_STEPS, inference_timesteps, make_scheduler, scheduler_step
 
 LATENT_CHANNELS = 4
 LATENT_STRIDE = 8
@@ -64,6 +64,7 @@ class SamplingSettings:
     context_schedule: str = "open"  # "closed_loop" = the official wrap-around schedule
     context_blend: str = "linear"  # open schedule only: "linear", "cosine" or "flat"
     round_reference_to_fp16: bool = True  # the official casts the reference banks to fp16
+    scheduler: str = "ddim"  # "ddim" (released), "dpmpp_2m" or "unipc" (video/scheduler.py)
 
 
 @dataclass
@@ -240,7 +241,7 @@ def sample_latents(
     """
     settings = settings or SamplingSettings()
     check_conditioning(cond, settings)
-    scheduler = make_scheduler()  # a fresh scheduler per run: nothing carries over from a cancelled run
+    scheduler = make_scheduler(settings.scheduler)  # fresh per run: nothing carries over from a cancelled run
     timesteps = inference_timesteps(scheduler, settings.steps)
     if latents is None:
         latents = initial_latents(generator, cond.frames, settings.width, settings.height)
@@ -253,7 +254,7 @@ def sample_latents(
         guided = denoiser.predict(latents, timestep, check_cancel, counter.tick)
         if on_step is not None:
             on_step(step_index, int(timestep), guided)
-        latents = ddim_step(scheduler, guided, timestep, latents)
+        latents = scheduler_step(scheduler, guided, timestep, latents)
     return latents
 
 

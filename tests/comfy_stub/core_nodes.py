@@ -159,7 +159,22 @@ class LoadVideo:
             rate = stream.average_rate or stream.guessed_rate
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
         images = torch.from_numpy(np.stack(frames)).float() / 255.0
-        return ({"images": images, "frame_rate": Fraction(rate), "audio": None},)
+        return ({"images": images, "frame_rate": Fraction(rate), "audio": _decode_audio(file)},)
+
+
+def _decode_audio(file: str) -> dict[str, Any] | None:
+    """The file's first audio stream as AUDIO ({"waveform": (1, C, S) float, "sample_rate"}), as core does."""
+    import av
+
+    with av.open(folder_paths.get_annotated_filepath(file)) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        chunks = [frame.to_ndarray().astype(np.float32).reshape(stream.channels, -1)
+                  if frame.format.is_planar else frame.to_ndarray().astype(np.float32).reshape(-1, stream.channels).T
+                  for frame in container.decode(stream)]
+        rate = stream.rate
+    return {"waveform": torch.from_numpy(np.concatenate(chunks, axis=1))[None], "sample_rate": int(rate)}
 
 
 class GetVideoComponents:

@@ -1,0 +1,109 @@
+"""Video-driven nodes: keypoints of a real person's video (DWPose, one person followed), or of a pose drawing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmgt_core.keypoints import PoseSequence
+from mmgt_core.pose_detect.track import DEFAULT_MAX_GAP
+
+from . import host
+from .common import image_to_uint8_frames, node_errors
+from .pose import KEYPOINTS_TYPE
+
+CATEGORY = "MMGT/pose"
+
+
+def uint8_frames(images: torch.Tensor) -> Iterator[np.ndarray]:
+    """One (H, W, 3) uint8 RGB frame at a time from a ComfyUI IMAGE batch (no full uint8 copy of the video)."""
+    for index in range(images.shape[0] if images.ndim == 4 else 1):
+        yield image_to_uint8_frames(images[index] if images.ndim == 4 else images)[0].numpy()
+
+
+class DetectKeypoints:
+    """DWPose on every frame of a video → MMGT keypoints of one person, at the video's frame rate."""
+
+    DESCRIPTION = ("Video-driven mode: finds one person's whole-body keypoints in every frame of a video (DWPose "
+                   "ONNX files from models/mmgt/dwpose). Follows the largest person at the start; someone else "
+                   "walking in does not take over. Frames without that person are interpolated up to "
+                   "max_gap_frames, longer gaps are an error naming the frames. Keeps the video's fps: resample to "
+                   "25 fps next.")
+    CATEGORY = CATEGORY
+    FUNCTION = "detect"
+    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
+    RETURN_NAMES = ("keypoints", "notes")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        onnx_files = [f for f in host.list_model_files() if f.endswith(".onnx")]
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The frames of a video of a person, e.g. from Get Video Components."}),
+            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                              "tooltip": "Frame rate of the video (connect Get Video Components' fps)."}),
+            "detector": (["dwpose/yolox_l.onnx", *onnx_files], {"tooltip": "DWPose person detector (yolox_l.onnx)."}),
+            "pose_model": (["dwpose/dw-ll_ucoco_384.onnx", *onnx_files],
+                           {"tooltip": "DWPose whole-body model (dw-ll_ucoco_384.onnx)."}),
+            "max_gap_frames": ("INT", {"default": DEFAULT_MAX_GAP, "min": 0, "max": 1000,
+                                       "tooltip": "Longest run of frames without the person that is filled by "
+                                                  "interpolation; a longer one stops with the frame range."}),
+        }}
+
+    def detect(self, images: torch.Tensor, fps: float, detector: str, pose_model: str,
+               max_gap_frames: int) -> tuple[PoseSequence, str]:
+        from mmgt_core.pose_detect import dwpose_estimator
+        from mmgt_core.pose_detect.video import detect_video_keypoints
+
+        with node_errors("MMGT Detect Keypoints"):
+            estimator = dwpose_estimator((host.resolve_model_path(detector), host.resolve_model_path(pose_model)))
+            count = int(images.shape[0]) if images.ndim == 4 else 1
+            sequence, notes = detect_video_keypoints(
+                uint8_frames(images), estimator, fps, num_frames=count, max_gap=max_gap_frames,
+                progress=host.progress_reporter(count), check_cancel=host.check_cancel)
+        return sequence, "\n".join(notes)
+
+
+class KeypointsFromPoseVideo:
+    """Read keypoints back from a DWPose-style pose video, enough for the motion masks."""
+
+    DESCRIPTION = ("For a pose video without keypoints (a DWPose/OpenPose-style drawing on black): reads back the "
+                   "body joints and hand points from their colours, the face region from its white dots and the "
+                   "lips region from the mouth dots below the nose, so that MMGT Motion Masks can make real face, "
+                   "lip and hand masks. It cannot recover which face dot is which landmark (only the face and lip "
+                   "regions are meaningful), knees and ankles, points hidden under others, or scores; hand points "
+                   "whose number cannot be told are kept for the hand region only. Needs the drawing's exact "
+                   "colours: other drawing styles and H.264-compressed pose videos are refused.")
+    CATEGORY = CATEGORY
+    FUNCTION = "recover"
+    RETURN_TYPES = (KEYPOINTS_TYPE,)
+    RETURN_NAMES = ("keypoints",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "pose_frames": ("IMAGE", {"tooltip": "The pose video's frames (e.g. Get Video Components → images)."}),
+            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                              "tooltip": "Frame rate of the pose video."}),
+        }}
+
+    def recover(self, pose_frames: torch.Tensor, fps: float) -> tuple[PoseSequence]:
+        from mmgt_core.pose_recover import recover_pose_sequence
+
+        with node_errors("MMGT Keypoints From Pose Video"):
+            frames = image_to_uint8_frames(pose_frames)
+            sequence = recover_pose_sequence(frames, fps, progress=host.progress_reporter(int(frames.shape[0])),
+                                             check_cancel=host.check_cancel)
+        return (sequence,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "MMGT_DetectKeypoints": DetectKeypoints,
+    "MMGT_KeypointsFromPoseVideo": KeypointsFromPoseVideo,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MMGT_DetectKeypoints": "MMGT Detect Keypoints",
+    "MMGT_KeypointsFromPoseVideo": "MMGT Keypoints From Pose Video",
+}

@@ -1,0 +1,74 @@
+"""Scheduler choice: DDIM (released, default) and the DPM-Solver++ 2M / UniPC solvers on the same v-prediction,
+zero-SNR, trailing config; each solver lands on the clean sample when the model is an exact v-predictor; the sampler
+and Sample Video take the choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from test_stage2_sampler import _conditioning
+
+from mmgt_core.errors import InputError
+from mmgt_core.video.net import VideoNet, load_video_net
+from mmgt_core.video.sampler import SamplingSettings, sample_latents
+from mmgt_core.video.scheduler import SCHEDULERS, inference_timesteps, make_scheduler, scheduler_step
+from tiny_fixture import tiny_net_config
+
+
+def test_default_is_the_released_ddim_and_every_solver_shares_its_config():
+    assert isinstance(make_scheduler(), DDIMScheduler)
+    for name in SCHEDULERS:
+        config = make_scheduler(name).config
+        assert config.prediction_type == "v_prediction" and config.rescale_betas_zero_snr
+        assert config.timestep_spacing == "trailing" and config.beta_schedule == "linear"
+        assert (config.beta_start, config.beta_end) == (0.00085, 0.012)
+        assert int(inference_timesteps(make_scheduler(name), 15)[0]) == 999
+    with pytest.raises(InputError, match="scheduler"):
+        make_scheduler("euler")
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_each_solver_reaches_the_clean_sample_with_an_exact_v_predictor(name):
+    """With the exact v of a known clean sample x0 the ODE ends at x0; a wrong parameterisation does not."""
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randn(1, 4, 2, 8, 8, generator=generator).clamp(-2, 2)
+    scheduler = make_scheduler(name)
+    alphas = scheduler.alphas_cumprod
+    latents = torch.randn(clean.shape, generator=generator) * scheduler.init_noise_sigma
+    steps = 30 if name == "ddim" else 15  # released DDIM: 30 trailing steps end exactly at alpha 1
+    for timestep in inference_timesteps(scheduler, steps):
+        alpha, sigma = alphas[timestep].sqrt(), (1 - alphas[timestep]).sqrt()
+        noise = (latents - alpha * clean) / sigma  # the noise that takes x0 to the current latents
+        velocity = alpha * noise - sigma * clean
+        latents = scheduler_step(scheduler, velocity, timestep, latents)
+    torch.testing.assert_close(latents, clean, atol=2e-3, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_net(fixtures_dir: Path) -> VideoNet:
+    return load_video_net(fixtures_dir / "stage2" / "net_tiny.safetensors", tiny_net_config(fixtures_dir))
+
+
+def relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_fifteen_solver_steps_land_near_thirty_ddim_steps_on_the_tiny_net(tiny_net):
+    """The number the issue asks for, on the tiny fixture net (random weights; real-weight quality unmeasured)."""
+    cond = _conditioning(tiny_net, frames=4, width=64, height=64)
+
+    def run(name: str, steps: int) -> torch.Tensor:
+        settings = SamplingSettings(width=64, height=64, steps=steps, scheduler=name, context_frames=4,
+                                    context_overlap=0)
+        return sample_latents(tiny_net, cond, settings, torch.Generator().manual_seed(5))
+
+    reference = run("ddim", 30)
+    distances = {name: relative_distance(run(name, 15), reference) for name in ("dpmpp_2m", "unipc")}
+    ddim_15 = relative_distance(run("ddim", 15), reference)
+    print(f"relative L2 to 30-step DDIM: 15-step DDIM {ddim_15:.4f}, "
+          + ", ".join(f"15-step {k} {v:.4f}" for k, v in distances.items()))
+    assert all(torch.isfinite(torch.tensor(v)) for v in distances.values())
+    assert distances["dpmpp_2m"] < 0.3  # measured 0.096; unrelated noise would be ≈1.4
