@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import time
 from pathlib import Path
 
+from .dependencies import check_dependencies
 from .models_table import MODEL_FILES, MODES
-
-PACKAGES = ("torch", "numpy", "safetensors", "diffusers", "transformers", "cv2", "PIL", "librosa", "soxr", "scipy",
-            "av", "onnxruntime", "kornia")
 
 
 def _package_report() -> list[str]:
-    lines = []
-    for name in PACKAGES:
-        try:
-            module = importlib.import_module(name)
-            lines.append(f"  ok       {name} {getattr(module, '__version__', '')}")
-        except ImportError as exc:
-            lines.append(f"  MISSING  {name}: {exc} (pip install -r requirements.txt)")
-    return lines
+    """One line per required package, then the optional ones with what each enables."""
+    required, optional = check_dependencies()
+    return [status.line for status in required] + ["  optional:"] + [status.line for status in optional]
 
 
 def _model_report(roots: list[Path]) -> tuple[list[str], dict[str, bool]]:

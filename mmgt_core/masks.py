@@ -33,7 +33,25 @@ LIPS_BLUR_KERNEL = 21
 HANDS_BLUR_KERNEL = 21
 LATENT_LEVELS = 4
 LATENT_STRIDE = 8
-_CV_MAX_CHANNELS = 512  # OpenCV's channel limit: frames travel as channels
+
+
+def _probe_cv_max_channels() -> int:
+    """The most channels the installed OpenCV's resize and GaussianBlur accept (512 in 4.x, 128 in 5.x).
+
+    OpenCV's CV_CN_MAX is not exposed to Python, so try a 2×2 image once at import (microseconds).
+    """
+    for channels in (512, 256, 128, 64, 32, 16, 8, 4):
+        probe = np.zeros((2, 2, channels), np.uint8)
+        try:
+            cv2.resize(probe, (1, 1))
+            cv2.GaussianBlur(probe, (3, 3), 0)
+        except cv2.error:
+            continue
+        return channels
+    return 1
+
+
+_CV_MAX_CHANNELS = _probe_cv_max_channels()  # frames travel as channels, at most this many per OpenCV call
 
 
 @dataclass
@@ -127,14 +145,29 @@ def _minmax_to_uint8(frames: np.ndarray) -> np.ndarray:
     return out
 
 
-def _blur_hwc(canvas_hwc: np.ndarray, kernel: int, level0_size: tuple[int, int]) -> np.ndarray:
-    """Frames as channels (H, W, C≤512) uint8 → resized, blurred, min-max normalised (C, h0, w0) uint8."""
+def _resize_blur_hwc(canvas_hwc: np.ndarray, kernel: int, level0_size: tuple[int, int]) -> np.ndarray:
+    """One OpenCV call each: (H, W, C ≤ ``_CV_MAX_CHANNELS``) uint8 → resized and blurred (C, h0, w0) uint8."""
     h0, w0 = level0_size
     resized = cv2.resize(canvas_hwc, (w0, h0))
     if resized.ndim == 2:
         resized = resized[..., None]
     blurred = cv2.GaussianBlur(resized, (kernel, kernel), 0)
-    blurred = blurred[None] if blurred.ndim == 2 else blurred.transpose(2, 0, 1)
+    return blurred[None] if blurred.ndim == 2 else blurred.transpose(2, 0, 1)
+
+
+def _blur_hwc(canvas_hwc: np.ndarray, kernel: int, level0_size: tuple[int, int]) -> np.ndarray:
+    """Frames as channels (H, W, C) uint8 → resized, blurred, min-max normalised (C, h0, w0) uint8.
+
+    The channel axis goes to OpenCV in slices it accepts; both ops treat channels independently, so the
+    numbers do not depend on the slicing.
+    """
+    channels = canvas_hwc.shape[2] if canvas_hwc.ndim == 3 else 1
+    if channels <= _CV_MAX_CHANNELS:
+        blurred = _resize_blur_hwc(canvas_hwc, kernel, level0_size)
+    else:
+        blurred = np.concatenate([
+            _resize_blur_hwc(np.ascontiguousarray(canvas_hwc[..., i : i + _CV_MAX_CHANNELS]), kernel, level0_size)
+            for i in range(0, channels, _CV_MAX_CHANNELS)])
     return _minmax_to_uint8(np.ascontiguousarray(blurred))
 
 

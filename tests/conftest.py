@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from official_fixtures import OFFICIAL_FIXTURES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("MMGT_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "official"))
 
 os.environ.setdefault("MMGT_NO_PROGRESS", "1")
 # One thread: on a shared 2-core machine two threads per process oversubscribe the cores and small
@@ -19,10 +20,11 @@ torch.set_num_threads(int(os.environ.get("MMGT_TEST_THREADS", "1")))
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """The official parity fixtures (../shared/fixtures/official, or $MMGT_FIXTURES)."""
-    if not FIXTURES.is_dir():
-        pytest.fail(f"official fixtures not found at {FIXTURES}; set MMGT_FIXTURES")
-    return FIXTURES
+    """The official parity fixtures (vendored in tests/fixtures/official, or $MMGT_FIXTURES)."""
+    if not OFFICIAL_FIXTURES.is_dir():
+        pytest.fail(f"official fixtures not found at {OFFICIAL_FIXTURES}; unset MMGT_FIXTURES to use the vendored "
+                    "copy in tests/fixtures/official, or point it at a folder holding them")
+    return OFFICIAL_FIXTURES
 
 
 STUB_DIR = Path(__file__).resolve().parent / "comfy_stub"

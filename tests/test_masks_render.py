@@ -143,3 +143,41 @@ def test_chunked_keypoint_pyramids_equal_full_mask_pyramids(official):
         for full, part in zip(getattr(from_masks, name), getattr(chunked, name)):
             assert torch.equal(full, part), name
     torch.testing.assert_close(chunked.face_hands[1][:6].reshape(6, -1), levels["face_mask_level1"], atol=1e-6, rtol=0)
+
+
+def _random_box_masks(frames: int, size: int, seed: int) -> torch.Tensor:
+    """(frames, size, size) float masks, one random box per frame (some empty), so every frame differs."""
+    rng = np.random.default_rng(seed)
+    masks = torch.zeros(frames, size, size)
+    for index in range(frames):
+        x0, y0 = rng.integers(0, size - 8, 2)
+        x1, y1 = x0 + rng.integers(0, size - x0), y0 + rng.integers(0, size - y0)
+        masks[index, y0:y1, x0:x1] = 1
+    return masks
+
+
+def test_600_frame_pyramid_equals_frame_by_frame_and_128_frame_runs():
+    """Past OpenCV's channel limit (128 in 5.x, 512 in 4.x) the pyramid is the same, bit for bit."""
+    masks = _random_box_masks(600, 128, seed=3)
+    whole = mask_pyramid(masks, FACE_BLUR_KERNEL)
+    runs = [mask_pyramid(masks[i : i + 128], FACE_BLUR_KERNEL) for i in range(0, 600, 128)]
+    one_by_one = [mask_pyramid(masks[i : i + 1], FACE_BLUR_KERNEL) for i in range(600)]
+    for k in range(4):
+        assert whole[k].shape == (600, 128 // 8 // 2**k, 128 // 8 // 2**k)
+        assert torch.equal(whole[k], torch.cat([run[k] for run in runs])), f"level {k} vs 128-frame runs"
+        assert torch.equal(whole[k], torch.cat([frame[k] for frame in one_by_one])), f"level {k} vs single frames"
+    level0 = blurred_level0(to_uint8(masks), FACE_BLUR_KERNEL, (16, 16))
+    singles = np.concatenate([blurred_level0(to_uint8(masks[i : i + 1]), FACE_BLUR_KERNEL, (16, 16))
+                              for i in range(600)])
+    assert level0.shape == (600, 16, 16) and level0.max() == 255
+    assert np.array_equal(level0, singles)
+
+
+def test_opencv_calls_are_sliced_to_the_installed_channel_limit(monkeypatch):
+    import mmgt_core.masks as masks_module
+
+    canvas = to_uint8(_random_box_masks(20, 64, seed=4)).numpy().transpose(1, 2, 0).copy()
+    reference = masks_module._blur_hwc(canvas, FACE_BLUR_KERNEL, (8, 8))
+    assert masks_module._CV_MAX_CHANNELS >= 20, "every OpenCV build takes at least 128 channels"
+    monkeypatch.setattr(masks_module, "_CV_MAX_CHANNELS", 7)  # 3 slices: 7 + 7 + 6 channels
+    assert np.array_equal(masks_module._blur_hwc(canvas, FACE_BLUR_KERNEL, (8, 8)), reference)

@@ -1,4 +1,4 @@
-"""SMGA parity with the official code (fixtures in shared/fixtures/official/smga, README section 1).
+"""SMGA parity with the official code (vendored fixtures in tests/fixtures/official/smga).
 
 Tolerances: official vs ours differ only by float32 rounding (attention and GEMM order); the README measures
 ≤ 3e-8 of thread noise on these outputs and suggests atol 1e-4. We use atol 1e-5 for single forwards and
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -28,13 +27,17 @@ from mmgt_core.smga.model import (
     load_smga,
 )
 from mmgt_core.weights import COMPONENT_SMGA, save_weights
+from official_fixtures import OFFICIAL_FIXTURES
 
-DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
-FIXTURES = Path(os.environ.get("MMGT_FIXTURES", DEFAULT_FIXTURES))
-SMGA = FIXTURES / "smga"
+SMGA = OFFICIAL_FIXTURES / "smga"
 RECIPE_OVERRIDES = {"final_layer.weight": 0.1, "final_layer.bias": 0.1}
 
-pytestmark = pytest.mark.skipif(not SMGA.is_dir(), reason=f"official SMGA fixtures not found at {SMGA}")
+
+@pytest.fixture(autouse=True, scope="module")
+def _smga_fixtures_present() -> None:
+    """A parity test must not pass by skipping: a missing fixtures folder is a failure."""
+    if not SMGA.is_dir():
+        pytest.fail(f"official SMGA fixtures not found at {SMGA}; unset MMGT_FIXTURES to use the vendored copy")
 
 
 def fixture(name: str) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
+from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -38,12 +39,12 @@ class StepInputs:
 
 def frames_to_tokens(frames: torch.Tensor) -> torch.Tensor:
     """(n, C, H, W) -> (n, H*W, C), row-major over (H, W) like the official reshape."""
-    return frames.permute(0, 2, 3, 1).flatten(1, 2)
+    return rearrange(frames, "n c h w -> n (h w) c")
 
 
 def tokens_to_frames(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(n, H*W, C) -> (n, C, H, W)."""
-    return tokens.unflatten(1, (height, width)).permute(0, 3, 1, 2).contiguous()
+    return rearrange(tokens, "n (h w) c -> n c h w", h=height, w=width).contiguous()
 
 
 class CheckpointedLayers(nn.Module):

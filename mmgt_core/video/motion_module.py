@@ -12,6 +12,7 @@ import math
 import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
+from einops import rearrange
 from torch import nn
 
 from ..errors import InputError
@@ -54,12 +55,9 @@ class TemporalSelfAttention(Attention):
 
     def forward(self, tokens: torch.Tensor, video_length: int) -> torch.Tensor:  # type: ignore[override]
         """tokens (b*f, N, C) -> same shape; attention runs over f for each of the b*N positions."""
-        frames_batch, positions, channels = tokens.shape
-        batch = frames_batch // video_length
-        per_position = tokens.view(batch, video_length, positions, channels).transpose(1, 2)
-        per_position = self.pos_encoder(per_position.reshape(batch * positions, video_length, channels))
-        out = super().forward(per_position)
-        return out.view(batch, positions, video_length, channels).transpose(1, 2).reshape(tokens.shape)
+        per_position = rearrange(tokens, "(b f) n c -> (b n) f c", f=video_length)
+        out = super().forward(self.pos_encoder(per_position))
+        return rearrange(out, "(b n) f c -> (b f) n c", n=tokens.shape[1])
 
 
 class TemporalTransformerBlock(nn.Module):

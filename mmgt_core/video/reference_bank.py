@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
+from einops import rearrange
 
 
 @dataclass
@@ -77,14 +78,12 @@ def pair_blocks(writers: Sequence[tuple[str, int]], readers: Sequence[tuple[str,
 
 def split_heads(tokens: torch.Tensor, heads: int) -> torch.Tensor:
     """(batch, tokens, heads * d) -> (batch, heads, tokens, d)."""
-    batch, length, inner = tokens.shape
-    return tokens.view(batch, length, heads, inner // heads).transpose(1, 2)
+    return rearrange(tokens, "b n (h d) -> b h n d", h=heads)
 
 
 def merge_heads(tokens: torch.Tensor) -> torch.Tensor:
     """(batch, heads, tokens, d) -> (batch, tokens, heads * d)."""
-    batch, heads, length, dim = tokens.shape
-    return tokens.transpose(1, 2).reshape(batch, length, heads * dim)
+    return rearrange(tokens, "b h n d -> b n (h d)")
 
 
 def project_bank(attn: Attention, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from diffusers.models.downsampling import Downsample2D
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
+from einops import rearrange
 from torch import nn
 
 from ..errors import InputError
@@ -307,7 +308,7 @@ class DenoisingUNet3D(nn.Module):
             upsample_size = tuple(skips[-1].shape[-2:]) if skips else None
             hidden = up_block(hidden, block_skips, inputs, upsample_size)
         hidden = self.conv_out(self.conv_act(self.conv_norm_out(hidden)))
-        return hidden.unflatten(0, (batch, frames)).transpose(1, 2)
+        return rearrange(hidden, "(b f) c h w -> b c f h w", b=batch, f=frames)
 
     def _time_embedding(self, timestep: int | float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
         timesteps = torch.as_tensor(timestep, device=device)
@@ -345,7 +346,7 @@ class DenoisingUNet3D(nn.Module):
 
 def _to_frames(video: torch.Tensor) -> torch.Tensor:
     """(b, C, f, H, W) -> (b*f, C, H, W)."""
-    return video.transpose(1, 2).flatten(0, 1)
+    return rearrange(video, "b c f h w -> (b f) c h w")
 
 
 def _three_weights(weights: Sequence[float]) -> tuple[float, float, float]:
