@@ -47,6 +47,7 @@ REQUIRED: tuple[Dependency, ...] = (
     Dependency("av", "av", ">=12.0", "reading and writing audio/video (PyAV)"),
     Dependency("tqdm", "tqdm", ">=4.60", "progress bars"),
     Dependency("onnxruntime", "onnxruntime", ">=1.16", "DWPose reference-pose detection"),
+    Dependency("huggingface_hub", "huggingface_hub", ">=0.34", "MMGT Download Models / the download command"),
 )
 
 # Extras (pyproject optional-dependencies) and packages only some features import.
@@ -68,6 +69,12 @@ DEV: tuple[Dependency, ...] = (
     Dependency("soundfile", "soundfile", ">=0.12", "the audio tests' WAV round trips"),
 )
 TRAINING_EXTRA = ("accelerate", "pyyaml")  # pip names of OPTIONAL entries that form the 'training' extra
+
+
+def pip_name(module: str) -> str:
+    """The pip package that provides the top-level import ``module`` (its own name when not listed)."""
+    top = module.split(".")[0]
+    return next((d.pip for d in REQUIRED + OPTIONAL + DEV if d.module == top), top)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from mmgt_core.packages import pip_name
+from mmgt_core.dependencies import pip_name
 
 from . import host
 

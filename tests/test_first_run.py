@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from mmgt_core.audio.wav2vec import load_wav2vec2
+from mmgt_core.dependencies import pip_name
 from mmgt_core.errors import WeightsError
-from mmgt_core.packages import pip_name
 from mmgt_core.video.conditioning import load_clip_image_encoder
 
 
