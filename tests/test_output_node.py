@@ -43,7 +43,7 @@ class MakeTestLatents:
 def _prompt(frames: int, audio_seconds: float, prefix: str = "MMGT/video") -> dict[str, Any]:
     return {
         "1": {"class_type": "MakeTestLatents", "inputs": {"frames": frames, "audio_seconds": audio_seconds}},
-        "2": {"class_type": "MMGT_LoadVAE", "inputs": {"folder": "sd-vae-ft-mse", "dtype": "fp32", "device": "cpu"}},
+        "2": {"class_type": "MMGT_LoadVAE", "inputs": {"folder": "sd-vae-ft-mse", "dtype": "fp32"}},
         "3": {"class_type": "MMGT_SaveVideo", "inputs": {"latents": ["1", 0], "mmgt_vae": ["2", 0],
                                                          "filename_prefix": prefix, "chunk_frames": 4}},
     }

@@ -46,7 +46,8 @@ POSE_VIDEO_FRAMES = 45  # 1.5 s at 30 fps: resampled to 25 fps it is shorter tha
 EXTERNAL_POSE_FRAMES = 30  # shorter than the speech: the blend takes the shorter length
 PERSON_VIDEO_FPS = 30.0  # the driving video of video_to_video: 256×256 at 30 fps, with the speech as its sound
 PERSON_VIDEO_SIZE = 256
-PERSON_VIDEO_SPEECH_FRAMES = 42  # its AAC track decodes 80 ms longer than the 1.6 s written (encoder padding)
+PERSON_VIDEO_SPEECH_FRAMES = 41  # its AAC track decodes up to one AAC frame past the 1.6 s written (FFmpeg
+# ignores the end of the edit list, so the last frame's encoder padding is heard): 1.6 s + < 64 ms → 41 frames
 
 
 # What each workflow's SaveVideo nodes write with these inputs: (filename prefix, frames, seconds of audio or None).
