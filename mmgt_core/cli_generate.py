@@ -14,9 +14,10 @@ from .errors import InputError, WeightsError
 from .keypoints import PoseSequence
 from .keypoints_io import load_keypoints_file
 from .models_table import MODEL_FILES
-from .pipeline import VideoOptions, pose_frames_and_masks, pose_from_features, render_video, video_conditioning
+from .pipeline import VideoInputs, VideoPipeline, pose_from_features
 from .pose_align import align_to_reference
 from .timeline import resample_frames, resample_keypoints, trim_audio
+from .video.settings import RELEASED, VideoSettings
 from .video_io import read_audio, read_image, write_mp4
 
 FPS = 25.0
@@ -112,10 +113,7 @@ def run(args: argparse.Namespace) -> Path:
         pose = _external_pose(args, reference, frames)
     else:
         pose = _stage1_pose(args, mono, rate, reference, models, device, dtype, timer)
-    started = time.perf_counter()
-    pose_frames, face_hands, lips, hands = pose_frames_and_masks(pose)
-    timer.measure("pose frames + masks", started)
-    video = _stage2(args, models, device, dtype, image, pose_frames, face_hands, lips, hands, mono, rate, timer)
+    video = _stage2(args, models, device, dtype, image, pose, mono, rate, timer)
     if args.fps != FPS:
         video = resample_frames(video, FPS, args.fps)
     audio_out = trim_audio(audio, rate, video.shape[0], args.fps) if audio is not None else None
@@ -127,10 +125,10 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def _stage2(args: argparse.Namespace, models: Path, device: torch.device, dtype: torch.dtype, image: Any,
-            pose_frames: torch.Tensor, face_hands: torch.Tensor, lips: torch.Tensor, hands: torch.Tensor,
-            mono: Optional[torch.Tensor], rate: int, timer: Timer) -> torch.Tensor:
+            pose: PoseSequence, mono: Optional[torch.Tensor], rate: int, timer: Timer) -> torch.Tensor:
+    """The video through the Stage-II pipeline object; pose frames and masks are drawn per window from ``pose``."""
     from .audio.wav2vec import load_wav2vec2, wav2vec2_features
-    from .video.conditioning import clip_image_embeds, load_clip_image_encoder
+    from .video.conditioning import load_clip_image_encoder
     from .video.decode import load_vae
     from .video.net import load_video_net
 
@@ -140,17 +138,15 @@ def _stage2(args: argparse.Namespace, models: Path, device: torch.device, dtype:
         wav2vec = load_wav2vec2(model_path(models, "wav2vec2"), device=device)
         features, _ = wav2vec2_features(wav2vec, mono, rate)
         del wav2vec
-    embeds = clip_image_embeds(load_clip_image_encoder(model_path(models, "image_encoder"), device, dtype), image)
-    vae = load_vae(model_path(models, "vae"), device)
-    net = load_video_net(model_path(models, "video_net"), dtype=dtype, device=device)
-    timer.measure("stage-II loading + audio/CLIP", started)
-    options = VideoOptions(width=args.width, height=args.height, seed=args.seed, steps=args.steps, cfg=args.cfg,
-                           mask_mode=args.mask_mode, context_frames=args.context_frames,
-                           context_overlap=args.context_overlap, context_schedule=args.context_schedule)
-    cond = video_conditioning(net, vae, embeds, image, pose_frames, face_hands, lips, hands, features, args.width,
-                              args.height, args.mask_mode)
+    pipeline = VideoPipeline(load_video_net(model_path(models, "video_net"), dtype=dtype, device=device),
+                             load_vae(model_path(models, "vae"), device),
+                             load_clip_image_encoder(model_path(models, "image_encoder"), device, dtype))
+    timer.measure("stage-II loading + audio features", started)
+    settings = VideoSettings(width=args.width, height=args.height, seed=args.seed, steps=args.steps,
+                             guidance_scale=args.cfg, mask_mode=args.mask_mode, context_frames=args.context_frames,
+                             context_overlap=args.context_overlap, context_schedule=args.context_schedule)
     started = time.perf_counter()
-    video = render_video(net, vae, cond, options)
+    video = pipeline(VideoInputs(image, keypoints=pose, audio_features=features), settings).frames
     timer.measure("stage-II sampling + decode", started)
     return video
 
@@ -173,20 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reference-pose detector (DWPose files in MODELS/dwpose, or mediapipe if installed)")
     parser.add_argument("--models", default="models/mmgt", help="folder with the model files (see `doctor`)")
     parser.add_argument("--out", required=True, help="output .mp4")
-    parser.add_argument("--width", type=int, default=512, help="output width, multiple of 64 (default 512)")
-    parser.add_argument("--height", type=int, default=512, help="output height, multiple of 64 (default 512)")
+    parser.add_argument("--width", type=int, default=RELEASED.width,
+                        help=f"output width, multiple of 64 (default {RELEASED.width})")
+    parser.add_argument("--height", type=int, default=RELEASED.height,
+                        help=f"output height, multiple of 64 (default {RELEASED.height})")
     parser.add_argument("--fps", type=float, default=FPS, help="output frame rate; frames are resampled, the audio "
                                                                "is untouched, so lip sync holds (default 25)")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    parser.add_argument("--steps", type=int, default=30, help="Stage-II DDIM steps (official 30)")
-    parser.add_argument("--cfg", type=float, default=3.5, help="Stage-II guidance scale (official 3.5)")
+    parser.add_argument("--seed", type=int, default=RELEASED.seed, help=f"random seed (default {RELEASED.seed})")
+    parser.add_argument("--steps", type=int, default=RELEASED.steps,
+                        help=f"Stage-II DDIM steps (official {RELEASED.steps})")
+    parser.add_argument("--cfg", type=float, default=RELEASED.guidance_scale,
+                        help=f"Stage-II guidance scale (official {RELEASED.guidance_scale})")
     parser.add_argument("--smga-steps", type=int, default=50, help="Stage-I DDIM steps (official 50)")
     parser.add_argument("--guidance", type=float, default=2.0, help="Stage-I guidance weight (official 2)")
-    parser.add_argument("--mask-mode", default="released", choices=["released", "paper", "training"],
+    parser.add_argument("--mask-mode", default=RELEASED.mask_mode, choices=["released", "paper", "training"],
                         help="MM-HAA mask composition (default: the released script's)")
-    parser.add_argument("--context-frames", type=int, default=12, help="frames per context window (default 12)")
-    parser.add_argument("--context-overlap", type=int, default=4, help="overlap of context windows (default 4)")
-    parser.add_argument("--context-schedule", default="open", choices=["open", "closed_loop"],
+    parser.add_argument("--context-frames", type=int, default=RELEASED.context_frames,
+                        help=f"frames per context window (default {RELEASED.context_frames})")
+    parser.add_argument("--context-overlap", type=int, default=RELEASED.context_overlap,
+                        help=f"overlap of context windows (default {RELEASED.context_overlap})")
+    parser.add_argument("--context-schedule", default=RELEASED.context_schedule, choices=["open", "closed_loop"],
                         help="open: no wrap-around (default); closed_loop: the official schedule")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"],
