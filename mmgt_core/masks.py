@@ -196,16 +196,26 @@ def motion_mask_pyramids(masks: MotionMasks, official_overlap: bool = True) -> M
     )
 
 
+def _box_canvas(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """``(T, 4)`` boxes as ``(T, H, W)`` bool canvases (the outer product of row and column spans)."""
+    x0, y0, x1, y1 = (boxes[:, i].view(-1, 1) for i in range(4))
+    valid = (x0 < x1) & (y0 < y1)
+    cols, rows = torch.arange(width).view(1, width), torch.arange(height).view(1, height)
+    inside_cols = (cols >= x0) & (cols < x1) & valid
+    inside_rows = (rows >= y0) & (rows < y1)
+    return inside_rows[:, :, None] & inside_cols[:, None, :]
+
+
 def region_canvases(keypoints: torch.Tensor, width: int, height: int, official_overlap: bool = True
                      ) -> dict[str, torch.Tensor]:
     """Algorithm-1 canvases of some frames as (T, H, W) uint8 0/255: face+hands, lips and hands.
 
     ``official_overlap`` keeps the official uint8 sum for face+hands (overlapping pixels wrap to 254).
     """
-    face = boxes_to_masks(region_boxes(keypoints, FACE), width, height) > 0.5
-    hands = (boxes_to_masks(region_boxes(keypoints, LEFT_HAND), width, height) > 0.5) | \
-        (boxes_to_masks(region_boxes(keypoints, RIGHT_HAND), width, height) > 0.5)
-    lips = boxes_to_masks(region_boxes(keypoints, LIPS), width, height) > 0.5
+    face = _box_canvas(region_boxes(keypoints, FACE), width, height)
+    hands = _box_canvas(region_boxes(keypoints, LEFT_HAND), width, height) | \
+        _box_canvas(region_boxes(keypoints, RIGHT_HAND), width, height)
+    lips = _box_canvas(region_boxes(keypoints, LIPS), width, height)
     if official_overlap:
         face_hands = face.to(torch.uint8) * 255 + hands.to(torch.uint8) * 255  # uint8 wrap: overlap -> 254
     else:

@@ -192,7 +192,15 @@ def pose_window(frames: torch.Tensor | np.ndarray, indices: torch.Tensor | Seque
     Frames already at the output size are only converted (uint8 /255, floats as given); others are
     cover-resized with LANCZOS through uint8, like ``VaeImageProcessor(do_normalize=False)`` on PIL frames.
     """
-    tensors = [_pose_frame(frames[int(index)], width, height) for index in indices]
+    picked = [frames[int(index)] for index in indices]
+    if all(tuple(frame.shape[:2]) == (height, width) for frame in picked):  # one vectorised conversion
+        stacked = torch.stack([torch.as_tensor(np.asarray(f)) if not isinstance(f, torch.Tensor) else f.detach().cpu()
+                               for f in picked])
+        channels_first = stacked.permute(3, 0, 1, 2).contiguous()
+        if channels_first.dtype == torch.uint8:
+            return (channels_first.float() / 255.0)[None]
+        return channels_first.float().clamp(0, 1)[None]
+    tensors = [_pose_frame(frame, width, height) for frame in picked]
     return torch.stack(tensors, dim=1)[None]
 
 

@@ -33,6 +33,7 @@ to the caller.) A pose video given as images is the caller's memory too: it is o
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -286,11 +287,17 @@ class VideoDenoiser:
         """Guided prediction (1, 4, T, h, w) float32: CFG per window, per-frame weighted blend of the windows."""
         guided = torch.zeros_like(latents, dtype=torch.float32)
         weight_sum = torch.zeros(self.frames)
-        with torch.no_grad():
-            for window in self.windows:
+        # the next window's pose frames and masks are drawn on a helper thread while this window runs on the
+        # model, so drawing per window (instead of holding them for the whole video) costs no wall time on a GPU
+        with torch.no_grad(), ThreadPoolExecutor(max_workers=1) as drawer:
+            upcoming = drawer.submit(self._window.prepare, self.windows[0])
+            for index, window in enumerate(self.windows):
                 if check_cancel is not None:
                     check_cancel()
-                _accumulate(guided, weight_sum, window, self._window(latents, timestep, window))
+                prepared = upcoming.result()
+                if index + 1 < len(self.windows):
+                    upcoming = drawer.submit(self._window.prepare, self.windows[index + 1])
+                _accumulate(guided, weight_sum, window, self._window(latents, timestep, window, prepared))
                 if window_done is not None:
                     window_done()
         return guided / weight_sum.view(1, 1, -1, 1, 1)
@@ -331,6 +338,14 @@ def sample_latents(
     return latents
 
 
+@dataclass
+class WindowConditions:
+    """What one context window needs besides the latents: PoseGuider input (1, 3, f, H, W) and branch masks."""
+
+    pose: torch.Tensor
+    masks: BranchMasks
+
+
 class _WindowDenoiser:
     """One guided prediction for one context window (CFG batch [uncond; cond] in a single UNet call)."""
 
@@ -347,15 +362,23 @@ class _WindowDenoiser:
         self.rows = (False, True) if self.guided else (True,)
         self.pose = cond.pose
 
-    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, window: ContextWindow) -> torch.Tensor:
+    def prepare(self, window: ContextWindow) -> WindowConditions:
+        """The window's pose frames (PoseGuider input) and branch masks, drawn now (no model call)."""
+        pose = self.pose.window(window.frames, self.settings.width, self.settings.height)
+        return WindowConditions(pose, self.cond.masks.select(window.frames))
+
+    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, window: ContextWindow,
+                 prepared: Optional[WindowConditions] = None) -> torch.Tensor:
         frames = window.frames
         batch = len(self.rows)
+        prepared = prepared or self.prepare(window)
         sample = latents[:, :, frames].to(self.device, self.dtype).expand(batch, -1, -1, -1, -1)
+        pose_dtype, pose_device = module_dtype_device(self.net.pose_guider)
         prediction = self.net.denoising_unet(
             sample, timestep.to(self.device), self.context,
             audio_tokens=self._audio(frames, batch),
-            pose_features=self._pose_features(frames),
-            masks=self.cond.masks.select(frames),
+            pose_features=self.net.pose_guider(prepared.pose.to(pose_device, pose_dtype)),
+            masks=prepared.masks,
             branch_weights=self.settings.branch_weights,
             reference=self.reference,
             reference_rows=self.rows,
@@ -364,11 +387,6 @@ class _WindowDenoiser:
             return prediction
         uncond, conditional = prediction.chunk(2)
         return uncond + self.settings.guidance_scale * (conditional - uncond)
-
-    def _pose_features(self, frames: torch.Tensor) -> torch.Tensor:
-        pose = self.pose.window(frames, self.settings.width, self.settings.height)
-        pose_dtype, pose_device = module_dtype_device(self.net.pose_guider)
-        return self.net.pose_guider(pose.to(pose_device, pose_dtype))
 
     def _audio(self, frames: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
         if self.cond.audio_tokens is None:
