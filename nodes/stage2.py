@@ -270,14 +270,18 @@ class SampleVideo:
             "vae": ("VAE", {"tooltip": "Or ComfyUI's VAE (vae-ft-mse-840000)."}),
         }}
 
-    def sample(self, video_net: LoadedVideoNet, reference_image: torch.Tensor, width: int, height: int, seed: int,
-               steps: int, cfg: float, full_weight: float, face_weight: float, lips_weight: float, mask_mode: str,
-               context_frames: int, context_overlap: int, context_schedule: str,
-               keypoints: Optional[PoseSequence] = None, pose_frames: Optional[torch.Tensor] = None,
-               face_hands_mask: Optional[torch.Tensor] = None, lips_mask: Optional[torch.Tensor] = None,
+    def sample(self, video_net: LoadedVideoNet, reference_image: torch.Tensor,
+               pose_frames: Optional[torch.Tensor] = None, face_hands_mask: Optional[torch.Tensor] = None,
+               lips_mask: Optional[torch.Tensor] = None, width: int = RELEASED.width, height: int = RELEASED.height,
+               seed: int = RELEASED.seed, steps: int = RELEASED.steps, cfg: float = RELEASED.guidance_scale,
+               full_weight: float = RELEASED.branch_weights[0], face_weight: float = RELEASED.branch_weights[1],
+               lips_weight: float = RELEASED.branch_weights[2], mask_mode: str = RELEASED.mask_mode,
+               context_frames: int = RELEASED.context_frames, context_overlap: int = RELEASED.context_overlap,
+               context_schedule: str = RELEASED.context_schedule, keypoints: Optional[PoseSequence] = None,
                audio_features: Optional[Stage2Audio] = None, hands_mask: Optional[torch.Tensor] = None,
                image_encoder: Any = None, clip_vision: Any = None, mmgt_vae: Any = None, vae: Any = None
                ) -> tuple[VideoLatents]:
+        """ComfyUI passes every input by name; the positional order is the pre-keypoint one, kept for callers."""
         with node_errors("MMGT Sample Video"):
             settings = VideoSettings(width=width, height=height, seed=seed, steps=steps, guidance_scale=cfg,
                                      branch_weights=(full_weight, face_weight, lips_weight), mask_mode=mask_mode,

@@ -10,10 +10,11 @@ independent of length: the reference pose is the synthetic one (no DWPose files 
 decodes the latents chunk by chunk and drops each chunk (what a streaming mp4 writer holds), because a whole
 IMAGE decode is by design proportional to the length.
 
-For every length it prints the peak RSS above the RSS with the models loaded (a thread polls it every 20 ms) and
-the wall time per output frame; at the end the peak ratio of the longest to the shortest run and the spread of
-the time per frame (targets: <= 1.3x and within 20 %). The speech is synthetic (a voiced tone with syllable-rate
-envelope). This is a development tool: it imports the pack's ``nodes`` package (never imported by the library).
+For every length it prints the peak RSS above the RSS with the models loaded (a thread polls it every 20 ms), the
+same per node (the profile that shows which stage holds memory), and the wall time per output frame; at the end
+the peak ratio of the longest to the shortest run and the spread of the time per frame (targets: <= 1.3x and
+within 20 %). The speech is synthetic (a voiced tone with a syllable-rate envelope). This is a development
+tool: it imports the pack's ``nodes`` package (which the library itself never imports).
 """
 
 from __future__ import annotations
@@ -88,21 +89,42 @@ class AudioToVideoChain:
         return _call(self.classes, name, **inputs)
 
     def run(self, audio: dict[str, Any]) -> int:
-        """The whole chain for one clip; returns the number of video frames written."""
-        call = self._call
-        stage1 = call("MMGT_Stage1AudioFeatures", audio=audio, wavlm=self.wavlm)[0]
-        keypoints = call("MMGT_AudioToPose", smga=self.smga, audio_features=stage1,
-                         reference_pose=self.reference_pose, seed=42, steps=self.steps, guidance=2.0, overlap=8,
-                         best_of=1, smoothing="none")[0]
+        """The whole chain for one clip; returns the number of video frames written.
+
+        ``self.stage_peaks`` gets each node's peak RSS (MiB) above the RSS when the run started.
+        """
+        self.stage_peaks: dict[str, float] = {}
+        self._start_rss = _current_rss()
+        stage = self._stage
+        stage1 = stage("Stage-I Audio Features", "MMGT_Stage1AudioFeatures", audio=audio, wavlm=self.wavlm)[0]
+        keypoints = stage("Audio to Pose", "MMGT_AudioToPose", smga=self.smga, audio_features=stage1,
+                          reference_pose=self.reference_pose, seed=42, steps=self.steps, guidance=2.0, overlap=8,
+                          best_of=1, smoothing="none")[0]
         del stage1
-        stage2 = call("MMGT_Stage2AudioFeatures", audio=audio, wav2vec2=self.wav2vec2)[0]
-        latents = call("MMGT_SampleVideo", video_net=self.video_net, reference_image=self.reference_image,
-                       width=self.size, height=self.size, seed=42, steps=self.steps, cfg=3.5, full_weight=1.0,
-                       face_weight=1.0, lips_weight=2.0, mask_mode="released", context_frames=12,
-                       context_overlap=4, context_schedule="open", keypoints=keypoints, audio_features=stage2,
-                       image_encoder=self.image_encoder, mmgt_vae=self.vae)[0]
+        stage2 = stage("Stage-II Audio Features", "MMGT_Stage2AudioFeatures", audio=audio, wav2vec2=self.wav2vec2)[0]
+        latents = stage("Sample Video", "MMGT_SampleVideo", video_net=self.video_net,
+                        reference_image=self.reference_image, width=self.size, height=self.size, seed=42,
+                        steps=self.steps, cfg=3.5, full_weight=1.0, face_weight=1.0, lips_weight=2.0,
+                        mask_mode="released", context_frames=12, context_overlap=4, context_schedule="open",
+                        keypoints=keypoints, audio_features=stage2, image_encoder=self.image_encoder,
+                        mmgt_vae=self.vae)[0]
         del stage2, keypoints
-        return stream_decode(self.vae, latents.latents)
+        with PeakRSS() as memory:
+            frames = stream_decode(self.vae, latents.latents)
+        self.stage_peaks["streamed decode"] = (memory.peak - self._start_rss) / 2**20
+        return frames
+
+    def _stage(self, label: str, name: str, **inputs: Any) -> tuple[Any, ...]:
+        with PeakRSS() as memory:
+            outputs = self._call(name, **inputs)
+        self.stage_peaks[label] = (memory.peak - self._start_rss) / 2**20
+        return outputs
+
+
+def _current_rss() -> int:
+    with PeakRSS() as memory:
+        pass
+    return memory.baseline
 
 
 def stream_decode(vae: Any, latents: torch.Tensor, chunk_frames: int = 16) -> int:
@@ -131,11 +153,13 @@ def run_length_bench(seconds: Sequence[float] = DEFAULT_SECONDS, size: int = 128
                 frames = chain.run(audio)
             elapsed = time.perf_counter() - started
             run = {"seconds": length, "frames": frames, "peak_rss_above_models_mib": memory.increase_mib,
-                   "rss_mib": memory.peak / 2**20, "s_per_frame": elapsed / frames, "total_s": elapsed}
+                   "rss_mib": memory.peak / 2**20, "s_per_frame": elapsed / frames, "total_s": elapsed,
+                   "stage_peaks_mib": dict(chain.stage_peaks)}
             results["runs"].append(run)
             log(f"[length bench] {length:g} s of speech -> {frames} frames at {size}x{size}, {steps} step(s), "
                 f"{dtype}: peak RSS +{memory.increase_mib:.0f} MiB above the loaded models, "
-                f"{run['s_per_frame'] * 1000:.1f} ms per frame ({elapsed:.0f} s)")
+                f"{run['s_per_frame'] * 1000:.1f} ms per frame ({elapsed:.0f} s); per node: "
+                + ", ".join(f"{name} +{mib:.0f}" for name, mib in chain.stage_peaks.items()) + " MiB")
             del audio
     runs = results["runs"]
     if len(runs) >= 2:
