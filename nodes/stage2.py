@@ -223,20 +223,19 @@ class SampleVideo:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        released = RELEASED
-        full, face, lips = released.branch_weights
+        full, face, lips = RELEASED.branch_weights
         return {"required": {
             "video_net": (VIDEO_NET_TYPE, {"tooltip": "From MMGT Load Video Net."}),
             "reference_image": ("IMAGE", {"tooltip": "The person to animate (cover-resized to the output size)."}),
-            "width": ("INT", {"default": released.width, "min": 64, "max": 2048, "step": 64,
+            "width": ("INT", {"default": RELEASED.width, "min": 64, "max": 2048, "step": 64,
                               "tooltip": "Output width, a multiple of 64."}),
-            "height": ("INT", {"default": released.height, "min": 64, "max": 2048, "step": 64,
+            "height": ("INT", {"default": RELEASED.height, "min": 64, "max": 2048, "step": 64,
                                "tooltip": "Output height, a multiple of 64."}),
-            "seed": ("INT", {"default": released.seed, "min": 0, "max": 2**63 - 1, "tooltip": "Noise seed."}),
-            "steps": ("INT", {"default": released.steps, "min": 1, "max": 200,
-                              "tooltip": f"DDIM steps (official: {released.steps})."}),
-            "cfg": ("FLOAT", {"default": released.guidance_scale, "min": 1.0, "max": 20.0, "step": 0.1,
-                              "tooltip": f"Guidance scale (official: {released.guidance_scale})."}),
+            "seed": ("INT", {"default": RELEASED.seed, "min": 0, "max": 2**63 - 1, "tooltip": "Noise seed."}),
+            "steps": ("INT", {"default": RELEASED.steps, "min": 1, "max": 200,
+                              "tooltip": f"DDIM steps (official: {RELEASED.steps})."}),
+            "cfg": ("FLOAT", {"default": RELEASED.guidance_scale, "min": 1.0, "max": 20.0, "step": 0.1,
+                              "tooltip": f"Guidance scale (official: {RELEASED.guidance_scale})."}),
             "full_weight": ("FLOAT", {"default": full, "min": 0.0, "max": 5.0, "step": 0.1,
                                       "tooltip": "MM-HAA branch weight of the full/background branch."}),
             "face_weight": ("FLOAT", {"default": face, "min": 0.0, "max": 5.0, "step": 0.1,
@@ -244,13 +243,13 @@ class SampleVideo:
             "lips_weight": ("FLOAT", {"default": lips, "min": 0.0, "max": 5.0, "step": 0.1,
                                       "tooltip": "MM-HAA branch weight of the lips branch (the released script "
                                                  "effectively uses 1, 1, 2)."}),
-            "mask_mode": (list(MASK_MODES), {"default": released.mask_mode, "tooltip": "released: full = 1 + lips "
+            "mask_mode": (list(MASK_MODES), {"default": RELEASED.mask_mode, "tooltip": "released: full = 1 + lips "
                                              "(the released script); paper: background mask; training: hands mask."}),
-            "context_frames": ("INT", {"default": released.context_frames, "min": 4, "max": 32,
+            "context_frames": ("INT", {"default": RELEASED.context_frames, "min": 4, "max": 32,
                                        "tooltip": "Frames per context window."}),
-            "context_overlap": ("INT", {"default": released.context_overlap, "min": 0, "max": 16,
+            "context_overlap": ("INT", {"default": RELEASED.context_overlap, "min": 0, "max": 16,
                                         "tooltip": "Frames shared by neighbouring windows (blended)."}),
-            "context_schedule": (list(SCHEDULES), {"default": released.context_schedule, "tooltip": "open: no "
+            "context_schedule": (list(SCHEDULES), {"default": RELEASED.context_schedule, "tooltip": "open: no "
                                  "wrap-around; closed_loop: the official schedule (last window wraps to the first "
                                  "frames)."}),
         }, "optional": {
