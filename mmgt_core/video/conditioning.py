@@ -336,20 +336,20 @@ class KeypointPoseFrames:
     """Pose frames drawn from keypoints at the output size, one window at a time (never the whole video)."""
 
     def __init__(self, sequence: Any, mask_legs: bool = True) -> None:
-        from mmgt_core.keypoints import mask_leg_pixels
-
         self.sequence = sequence
-        self.points = mask_leg_pixels(sequence.keypoints) if mask_legs else sequence.keypoints
+        self.mask_legs = mask_legs
 
     @property
     def frames(self) -> int:
-        return int(self.points.shape[0])
+        return int(self.sequence.num_frames)
 
     def draw(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """Drawn frames (f, H, W, 3) uint8 on the sequence's canvas."""
+        """Drawn frames (f, H, W, 3) uint8 on the sequence's canvas (legs hidden per window, no full copy)."""
+        from mmgt_core.keypoints import mask_leg_pixels
         from mmgt_core.render import draw_pose_frame
 
-        points = self.points[torch.as_tensor(indices, dtype=torch.long)].float().numpy()
+        points = self.sequence.keypoints[torch.as_tensor(indices, dtype=torch.long)]
+        points = (mask_leg_pixels(points) if self.mask_legs else points).float().numpy()
         width, height = self.sequence.width, self.sequence.height
         return torch.from_numpy(np.stack([draw_pose_frame(frame, width, height) for frame in points]))
 

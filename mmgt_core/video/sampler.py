@@ -123,13 +123,16 @@ def project_audio(audio_proj: nn.Module, features: torch.Tensor, chunk_frames: i
         raise InputError("audio_features", f"expected (frames, layers, hidden), got {tuple(features.shape)}",
                          "pass the output of wav2vec2_features.")
     dtype, device = module_dtype_device(audio_proj)
-    pieces = []
+    tokens: Optional[torch.Tensor] = None  # filled chunk by chunk: no list of pieces plus a concatenated copy
     for start in range(0, features.shape[0], chunk_frames):
         frames = torch.arange(start, min(start + chunk_frames, features.shape[0]))
         windows = audio_context_windows(features, AUDIO_MARGIN, frames).to(device=device, dtype=dtype)
         with torch.no_grad():
-            pieces.append(audio_proj(windows[None])[0])
-    return torch.cat(pieces)
+            piece = audio_proj(windows[None])[0]
+        if tokens is None:
+            tokens = piece.new_empty((features.shape[0], *piece.shape[1:]))
+        tokens[start:start + piece.shape[0]] = piece
+    return tokens
 
 
 def build_conditioning(
