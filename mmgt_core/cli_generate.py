@@ -15,9 +15,11 @@ from .errors import InputError, WeightsError
 from .keypoints import PoseSequence
 from .keypoints_io import load_keypoints_file
 from .models_table import MODEL_FILES
-from .pipeline import VideoOptions, pose_frames_and_masks, pose_from_features, video_conditioning
+from .pipeline import VideoInputs, VideoPipeline, pose_from_features
 from .pose_align import align_to_reference
 from .timeline import output_frame_count, resample_keypoints, resample_stream, resampled_frame_count, video_frame_count
+from .video.scheduler import SCHEDULERS
+from .video.settings import RELEASED, VideoSettings
 from .video_io import Mp4Writer, check_output_path, read_audio, read_image, remove_stale_partials
 
 FPS = 25.0
@@ -136,12 +138,7 @@ def run(args: argparse.Namespace) -> Path:
         pose = _external_pose(args, reference, frames)
     else:
         pose = _stage1_pose(args, mono, rate, reference, models, device, dtype, timer)
-    started = time.perf_counter()
-    pose_frames, face_hands, lips, hands = pose_frames_and_masks(pose)
-    timer.measure("pose frames + masks", started)
-    latents, vae = _stage2(args, models, device, dtype, image, pose_frames, face_hands, lips, hands, mono, rate,
-                           timer)
-    del pose_frames, face_hands, lips, hands
+    latents, vae = _stage2(args, models, device, dtype, image, pose, mono, rate, timer)
     started = time.perf_counter()
     out, count = _write_video(args, latents, vae, audio, rate)
     timer.measure("decode + write", started)
@@ -169,14 +166,13 @@ def _write_video(args: argparse.Namespace, latents: torch.Tensor, vae: Any, audi
 
 
 def _stage2(args: argparse.Namespace, models: Path, device: torch.device, dtype: torch.dtype, image: Any,
-            pose_frames: torch.Tensor, face_hands: torch.Tensor, lips: torch.Tensor, hands: torch.Tensor,
-            mono: Optional[torch.Tensor], rate: int, timer: Timer) -> tuple[torch.Tensor, Any]:
-    """Stage II: the video latents (1, 4, T, h, w) at 25 fps and the VAE that decodes them."""
+            pose: PoseSequence, mono: Optional[torch.Tensor], rate: int, timer: Timer) -> tuple[torch.Tensor, Any]:
+    """Stage II through the pipeline object (pose frames and masks drawn per window from ``pose``): the video
+    latents (1, 4, T, h, w) at 25 fps and the VAE that decodes them (the caller streams the decode into the mp4)."""
     from .audio.wav2vec import load_wav2vec2, wav2vec2_features
-    from .video.conditioning import clip_image_embeds, load_clip_image_encoder
+    from .video.conditioning import load_clip_image_encoder
     from .video.decode import load_vae
     from .video.net import load_video_net
-    from .video.sampler import sample_latents
 
     started = time.perf_counter()
     features = None
@@ -184,20 +180,18 @@ def _stage2(args: argparse.Namespace, models: Path, device: torch.device, dtype:
         wav2vec = load_wav2vec2(model_path(models, "wav2vec2"), device=device)
         features, _ = wav2vec2_features(wav2vec, mono, rate)
         del wav2vec
-    embeds = clip_image_embeds(load_clip_image_encoder(model_path(models, "image_encoder"), device, dtype), image)
-    vae = load_vae(model_path(models, "vae"), device)
-    net = load_video_net(model_path(models, "video_net"), dtype=dtype, device=device)
-    timer.measure("stage-II loading + audio/CLIP", started)
-    options = VideoOptions(width=args.width, height=args.height, seed=args.seed, steps=args.steps, cfg=args.cfg,
-                           mask_mode=args.mask_mode, context_frames=args.context_frames,
-                           context_overlap=args.context_overlap, context_schedule=args.context_schedule)
-    cond = video_conditioning(net, vae, embeds, image, pose_frames, face_hands, lips, hands, features, args.width,
-                              args.height, args.mask_mode)
+    pipeline = VideoPipeline(load_video_net(model_path(models, "video_net"), dtype=dtype, device=device),
+                             load_vae(model_path(models, "vae"), device),
+                             load_clip_image_encoder(model_path(models, "image_encoder"), device, dtype))
+    timer.measure("stage-II loading + audio features", started)
+    settings = VideoSettings(width=args.width, height=args.height, seed=args.seed, steps=args.steps,
+                             scheduler=args.scheduler, guidance_scale=args.cfg, mask_mode=args.mask_mode,
+                             context_frames=args.context_frames, context_overlap=args.context_overlap,
+                             context_schedule=args.context_schedule)
     started = time.perf_counter()
-    generator = torch.Generator(device="cpu").manual_seed(options.seed)
-    latents = sample_latents(net, cond, options.sampling(), generator)
+    latents = pipeline(VideoInputs(image, keypoints=pose, audio_features=features), settings, output="latent").latents
     timer.measure("stage-II sampling", started)
-    return latents, vae
+    return latents, pipeline.vae
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,22 +212,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reference-pose detector (DWPose files in MODELS/dwpose, or mediapipe if installed)")
     parser.add_argument("--models", default="models/mmgt", help="folder with the model files (see `doctor`)")
     parser.add_argument("--out", required=True, help="output .mp4")
-    parser.add_argument("--width", type=int, default=512, help="output width, multiple of 64 (default 512)")
-    parser.add_argument("--height", type=int, default=512, help="output height, multiple of 64 (default 512)")
+    parser.add_argument("--width", type=int, default=RELEASED.width,
+                        help=f"output width, multiple of 64 (default {RELEASED.width})")
+    parser.add_argument("--height", type=int, default=RELEASED.height,
+                        help=f"output height, multiple of 64 (default {RELEASED.height})")
     parser.add_argument("--fps", type=float, default=FPS, help="output frame rate; frames are resampled, the audio "
                                                                "is untouched, so lip sync holds (default 25). "
                                                                "Frames = round(fps × audio duration); the audio is "
                                                                "cut or padded to the video's duration")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    parser.add_argument("--steps", type=int, default=30, help="Stage-II DDIM steps (official 30)")
-    parser.add_argument("--cfg", type=float, default=3.5, help="Stage-II guidance scale (official 3.5)")
+    parser.add_argument("--seed", type=int, default=RELEASED.seed, help=f"random seed (default {RELEASED.seed})")
+    parser.add_argument("--steps", type=int, default=RELEASED.steps,
+                        help=f"Stage-II sampler steps (official {RELEASED.steps} DDIM steps)")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default=RELEASED.scheduler,
+                        help="Stage-II sampler: ddim (released) or dpmpp_2m / unipc for fewer steps (e.g. 15)")
+    parser.add_argument("--cfg", type=float, default=RELEASED.guidance_scale,
+                        help=f"Stage-II guidance scale (official {RELEASED.guidance_scale})")
     parser.add_argument("--smga-steps", type=int, default=50, help="Stage-I DDIM steps (official 50)")
     parser.add_argument("--guidance", type=float, default=2.0, help="Stage-I guidance weight (official 2)")
-    parser.add_argument("--mask-mode", default="released", choices=["released", "paper", "training"],
+    parser.add_argument("--mask-mode", default=RELEASED.mask_mode, choices=["released", "paper", "training"],
                         help="MM-HAA mask composition (default: the released script's)")
-    parser.add_argument("--context-frames", type=int, default=12, help="frames per context window (default 12)")
-    parser.add_argument("--context-overlap", type=int, default=4, help="overlap of context windows (default 4)")
-    parser.add_argument("--context-schedule", default="open", choices=["open", "closed_loop"],
+    parser.add_argument("--context-frames", type=int, default=RELEASED.context_frames,
+                        help=f"frames per context window (default {RELEASED.context_frames})")
+    parser.add_argument("--context-overlap", type=int, default=RELEASED.context_overlap,
+                        help=f"overlap of context windows (default {RELEASED.context_overlap})")
+    parser.add_argument("--context-schedule", default=RELEASED.context_schedule, choices=["open", "closed_loop"],
                         help="open: no wrap-around (default); closed_loop: the official schedule")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"],

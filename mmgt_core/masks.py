@@ -229,37 +229,48 @@ def motion_mask_pyramids(masks: MotionMasks, official_overlap: bool = True) -> M
     )
 
 
-def _box_canvas_hwc(boxes: torch.Tensor, width: int, height: int) -> np.ndarray:
-    """Boxes of T frames drawn straight into an (H, W, T) bool array (frames as channels, for OpenCV)."""
-    x0, y0, x1, y1 = (boxes[:, i].view(1, -1) for i in range(4))
+def _box_canvas(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """``(T, 4)`` boxes as ``(T, H, W)`` bool canvases (the outer product of row and column spans)."""
+    x0, y0, x1, y1 = (boxes[:, i].view(-1, 1) for i in range(4))
     valid = (x0 < x1) & (y0 < y1)
-    inside_cols = (torch.arange(width).view(-1, 1) >= x0) & (torch.arange(width).view(-1, 1) < x1) & valid
-    inside_rows = (torch.arange(height).view(-1, 1) >= y0) & (torch.arange(height).view(-1, 1) < y1)
-    return (inside_rows[:, None, :] & inside_cols[None, :, :]).numpy()
+    cols, rows = torch.arange(width).view(1, width), torch.arange(height).view(1, height)
+    inside_cols = (cols >= x0) & (cols < x1) & valid
+    inside_rows = (rows >= y0) & (rows < y1)
+    return inside_rows[:, :, None] & inside_cols[:, None, :]
 
 
-def keypoint_mask_pyramids(sequence: PoseSequence, official_overlap: bool = True, chunk: int = 256
+def region_canvases(keypoints: torch.Tensor, width: int, height: int, official_overlap: bool = True
+                     ) -> dict[str, torch.Tensor]:
+    """Algorithm-1 canvases of some frames as (T, H, W) uint8 0/255: face+hands, lips and hands.
+
+    ``official_overlap`` keeps the official uint8 sum for face+hands (overlapping pixels wrap to 254).
+    """
+    face = _box_canvas(region_boxes(keypoints, FACE), width, height)
+    hands = _box_canvas(region_boxes(keypoints, LEFT_HAND), width, height) | \
+        _box_canvas(region_boxes(keypoints, RIGHT_HAND), width, height)
+    lips = _box_canvas(region_boxes(keypoints, LIPS), width, height)
+    if official_overlap:
+        face_hands = face.to(torch.uint8) * 255 + hands.to(torch.uint8) * 255  # uint8 wrap: overlap -> 254
+    else:
+        face_hands = (face | hands).to(torch.uint8) * 255
+    return {"face_hands": face_hands, "lips": lips.to(torch.uint8) * 255, "hands": hands.to(torch.uint8) * 255}
+
+
+REGION_BLUR_KERNELS = {"face_hands": FACE_BLUR_KERNEL, "lips": LIPS_BLUR_KERNEL, "hands": HANDS_BLUR_KERNEL}
+
+
+def keypoint_mask_pyramids(sequence: PoseSequence, official_overlap: bool = True, chunk: int = 32
                            ) -> MaskPyramids:
     """Mask pyramids straight from keypoints, ``chunk`` frames at a time, never holding full-size masks.
 
-    Same numbers as ``motion_mask_pyramids(motion_masks(sequence))``; memory stays at one chunk of canvases.
+    The same pipeline as :func:`motion_mask_pyramids` (canvas -> :func:`mask_pyramid`), so the numbers are
+    equal; memory stays at one chunk of canvases at the sequence's canvas size (draw at the output size).
     """
     width, height = sequence.width, sequence.height
-    sizes = latent_level_sizes(width, height)
-    kernels = {"face_hands": FACE_BLUR_KERNEL, "lips": LIPS_BLUR_KERNEL, "hands": HANDS_BLUR_KERNEL}
-    level0: dict[str, list[np.ndarray]] = {name: [] for name in kernels}
-    chunk = max(1, min(chunk, _CV_MAX_CHANNELS))
-    for start in range(0, sequence.num_frames, chunk):
-        kp = sequence.keypoints[start : start + chunk]
-        face = _box_canvas_hwc(region_boxes(kp, FACE), width, height)
-        hands = _box_canvas_hwc(region_boxes(kp, LEFT_HAND), width, height) | \
-            _box_canvas_hwc(region_boxes(kp, RIGHT_HAND), width, height)
-        if official_overlap:
-            face_hands = face.astype(np.uint8) * 255 + hands.astype(np.uint8) * 255  # uint8 wrap: overlap → 254
-        else:
-            face_hands = (face | hands).astype(np.uint8) * 255
-        canvases = {"face_hands": face_hands, "lips": _box_canvas_hwc(region_boxes(kp, LIPS), width, height)
-                    .astype(np.uint8) * 255, "hands": hands.astype(np.uint8) * 255}
+    latent_level_sizes(width, height)
+    parts: dict[str, list[list[torch.Tensor]]] = {name: [] for name in REGION_BLUR_KERNELS}
+    for start in range(0, sequence.num_frames, max(1, chunk)):
+        canvases = region_canvases(sequence.keypoints[start : start + chunk], width, height, official_overlap)
         for name, canvas in canvases.items():
-            level0[name].append(_blur_hwc(canvas, kernels[name], sizes[0]))
-    return MaskPyramids(**{name: pyramid_from_level0(np.concatenate(parts), sizes) for name, parts in level0.items()})
+            parts[name].append(mask_pyramid(canvas, REGION_BLUR_KERNELS[name]))
+    return MaskPyramids(**{name: [torch.cat(levels) for levels in zip(*chunks)] for name, chunks in parts.items()})

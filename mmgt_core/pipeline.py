@@ -1,20 +1,17 @@
-"""The whole MMGT pipeline as plain functions, shared by the ComfyUI nodes and the command line."""
+"""The whole MMGT pipeline: Stage I as a function, Stage II as one pipeline object (nodes, CLI, training, bench)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
+from .errors import InputError
 from .keypoints import PoseSequence, from_official_feature, mask_leg_normalized, to_official_feature
-from .masks import motion_masks
-from .render import render_pose_video
 from .types import OptionalCancel, OptionalProgress
-from .video.conditioning import branch_masks_from_regions, reference_latent, zero_branch_masks
-from .video.sampler import SamplingSettings, VideoConditioning, project_audio, sample_latents
+from .video.sampler import VideoConditioning, build_conditioning, sample_latents, sampling_total
+from .video.settings import VideoSettings
 
 VIDEO_FPS = 25.0
 
@@ -41,72 +38,123 @@ def smga_total_steps(frames: int, steps: int, overlap: int, window: int = 80) ->
     return total_diffusion_steps(frames, steps, window, overlap)
 
 
-def branch_masks_for(face_hands: torch.Tensor, lips: torch.Tensor, hands: Optional[torch.Tensor], frames: int,
-                     width: int, height: int, mask_mode: str):
-    """MM-HAA masks from region masks; empty masks (pose-only runs without keypoints) give the no-mask layout."""
-    if face_hands.abs().sum() == 0 and lips.abs().sum() == 0:
-        return zero_branch_masks(frames, width, height, mask_mode)
-    return branch_masks_from_regions(face_hands, lips, hands, width, height, mask_mode)
+@dataclass
+class VideoInputs:
+    """What one Stage-II video is made from (see :func:`~mmgt_core.video.sampler.build_conditioning`).
 
+    reference_image: PIL or (H, W, 3) uint8/float. keypoints: the driving pose on the reference image's canvas
+    (pose frames and masks are drawn from it per window). pose_frames: an external pose video (T, H, W, 3).
+    face_hands_mask / lips_mask / hands_mask: (T, H, W) overrides of the keypoint masks. audio_features: wav2vec2
+    features (T' >= T, layers, hidden), None for pose-driven video. image_embeds: a CLIP embedding computed by the
+    caller (e.g. the host's CLIP vision model); else the pipeline's image encoder makes it.
+    """
 
-def video_conditioning(net: Any, vae: Any, image_embeds: torch.Tensor, reference_image: Any,
-                       pose_frames: torch.Tensor, face_hands: torch.Tensor, lips: torch.Tensor,
-                       hands: Optional[torch.Tensor], wav2vec_features: Optional[torch.Tensor], width: int,
-                       height: int, mask_mode: str = "released") -> VideoConditioning:
-    """Everything the sampler needs for one video, computed once."""
-    frames = int(pose_frames.shape[0])
-    tokens = project_audio(net.audioproj, wav2vec_features[:frames]) if wav2vec_features is not None else None
-    return VideoConditioning(
-        image_embeds=image_embeds,
-        reference_latent=reference_latent(vae, reference_image, width, height),
-        pose_frames=pose_frames[..., :3],
-        masks=branch_masks_for(face_hands, lips, hands, frames, width, height, mask_mode),
-        audio_tokens=tokens,
-    )
+    reference_image: Any
+    keypoints: Optional[PoseSequence] = None
+    pose_frames: Optional[torch.Tensor] = None
+    face_hands_mask: Optional[torch.Tensor] = None
+    lips_mask: Optional[torch.Tensor] = None
+    hands_mask: Optional[torch.Tensor] = None
+    audio_features: Optional[torch.Tensor] = None
+    image_embeds: Optional[torch.Tensor] = None
+    hide_legs: bool = True  # pose frames drawn from keypoints hide knees and ankles, as the official drawing does
 
 
 @dataclass
-class VideoOptions:
-    """Stage-II choices (defaults: the released inference) plus the Stage-I ones the CLI needs."""
+class VideoResult:
+    """Final latents (1, 4, T, H/8, W/8) float32, and the decoded frames (T, H, W, 3) unless only latents asked."""
 
-    width: int = 512
-    height: int = 512
-    seed: int = 42
-    steps: int = 30
-    cfg: float = 3.5
-    branch_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
-    mask_mode: str = "released"
-    context_frames: int = 12
-    context_overlap: int = 4
-    context_schedule: str = "open"
-    scheduler: str = "ddim"
-    smga_steps: int = 50
-    smga_guidance: float = 2.0
-    smga_overlap: int = 8
-    decode_chunk: int = 4
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def sampling(self) -> SamplingSettings:
-        return SamplingSettings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.cfg,
-                                branch_weights=self.branch_weights, context_frames=self.context_frames,
-                                context_overlap=self.context_overlap, context_schedule=self.context_schedule,
-                                scheduler=self.scheduler)
+    latents: torch.Tensor
+    frames: Optional[torch.Tensor] = None
 
 
-def render_video(net: Any, vae: Any, cond: VideoConditioning, options: VideoOptions,
-                 progress: OptionalProgress = None, check_cancel: OptionalCancel = None) -> torch.Tensor:
-    """Sample and decode: (T, H, W, 3) float32 frames in [0, 1]."""
-    from .video.decode import decode_latents
+class VideoPipeline:
+    """Stage II as one object (diffusers-style): components, then ``__call__(inputs, settings, ...)``.
 
-    generator = torch.Generator(device="cpu").manual_seed(options.seed)
-    latents = sample_latents(net, cond, options.sampling(), generator, progress=progress, check_cancel=check_cancel)
-    return decode_latents(vae, latents, options.decode_chunk, check_cancel=check_cancel)
+    Nodes, the CLI, training validation and the benchmarks all render through it. ``net`` is a
+    :class:`~mmgt_core.video.net.VideoNet`, ``vae`` a diffusers ``AutoencoderKL`` (or an adapter with its
+    encode/decode), ``image_encoder`` a CLIP vision model or callable (optional when inputs carry image_embeds).
+    """
+
+    def __init__(self, net: Any, vae: Any, image_encoder: Any = None) -> None:
+        self.net, self.vae, self.image_encoder = net, vae, image_encoder
+
+    def conditioning(self, inputs: VideoInputs, settings: VideoSettings) -> VideoConditioning:
+        """CLIP embedding, reference latent, audio tokens, and per-window pose/mask sources."""
+        from .video.conditioning import clip_image_embeds, to_pil
+
+        image = to_pil(inputs.reference_image)  # converted once; the pose is never drawn at this size
+        embeds = inputs.image_embeds
+        if embeds is None:
+            if self.image_encoder is None:
+                raise InputError("image_encoder", "no CLIP image encoder and no image embedding were given",
+                                 "connect an image encoder (CLIP ViT-L/14).")
+            embeds = clip_image_embeds(self.image_encoder, image)
+        return build_conditioning(
+            self.net, self.vae, embeds, image, settings.width, settings.height, settings.mask_mode,
+            keypoints=inputs.keypoints, pose_frames=inputs.pose_frames, face_hands_mask=inputs.face_hands_mask,
+            lips_mask=inputs.lips_mask, hands_mask=inputs.hands_mask, audio_features=inputs.audio_features,
+            hide_legs=inputs.hide_legs)
+
+    def sample(self, cond: VideoConditioning, settings: VideoSettings, generator: Optional[torch.Generator] = None,
+               progress: OptionalProgress = None, check_cancel: OptionalCancel = None,
+               on_step: Any = None) -> torch.Tensor:
+        """The denoising loop: final latents (1, 4, T, H/8, W/8) float32 on the CPU."""
+        if generator is None:
+            generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+        return sample_latents(self.net, cond, settings, generator, progress=progress, check_cancel=check_cancel,
+                              on_step=on_step)
+
+    def decode(self, latents: torch.Tensor, settings: VideoSettings, progress: OptionalProgress = None,
+               check_cancel: OptionalCancel = None) -> torch.Tensor:
+        """VAE decode, ``settings.decode_chunk`` frames at a time: (T, H, W, 3) float32 in [0, 1]."""
+        from .video.decode import decode_latents
+
+        return decode_latents(self.vae, latents, settings.decode_chunk, progress=progress, check_cancel=check_cancel)
+
+    def __call__(self, inputs: VideoInputs, settings: Optional[VideoSettings] = None,
+                 generator: Optional[torch.Generator] = None, progress: OptionalProgress = None,
+                 check_cancel: OptionalCancel = None, output: str = "frames") -> VideoResult:
+        """Render one video. ``output="latent"`` stops before the VAE decode (the node graph decodes later).
+
+        ``generator`` defaults to a CPU generator seeded with ``settings.seed``; ``progress(done, total)`` counts
+        sampling windows, then decoded frames; ``check_cancel()`` runs before every window and decode chunk.
+        """
+        settings = settings or VideoSettings()
+        if output not in ("frames", "latent"):
+            raise InputError("output", f"unknown output '{output}'", "use 'frames' or 'latent'.")
+        cond = self.conditioning(inputs, settings)
+        sampling_units = sampling_total(cond.frames, settings)
+        decoding = output == "frames"
+        grand_total = sampling_units + (cond.frames if decoding else 0)
+
+        def sampling_progress(done: int, _total: int) -> None:
+            if progress is not None:
+                progress(done, grand_total)
+
+        def decode_progress(done: int, _total: int) -> None:
+            if progress is not None:
+                progress(sampling_units + done, grand_total)
+
+        latents = self.sample(cond, settings, generator, sampling_progress, check_cancel)
+        if not decoding:
+            return VideoResult(latents)
+        return VideoResult(latents, self.decode(latents, settings, decode_progress, check_cancel))
 
 
-def pose_frames_and_masks(pose: PoseSequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Drawn pose frames (uint8) and the face+hands, lips and hands masks of a keypoint sequence."""
-    masks = motion_masks(pose)
-    return render_pose_video(pose), masks.face_hands, masks.lips, masks.hands
+def decoded_frames_bytes(frames: int, width: int, height: int) -> int:
+    """Memory of a decoded float32 IMAGE batch (T, H, W, 3) - what a whole-video decode allocates at once."""
+    return int(frames) * int(width) * int(height) * 3 * 4
 
 
-ImageEmbedder = Callable[[np.ndarray], torch.Tensor]
+
+def available_memory_bytes() -> Optional[int]:
+    """Memory the OS can still give this process (Linux ``MemAvailable``), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -358,6 +358,7 @@ def list_input_files() -> list[str]:
 
 
 def output_directory() -> str:
-    """ComfyUI's output folder, or ./output."""
-    return folder_paths.get_output_directory() if IN_COMFYUI else os.path.abspath("output")
+    """ComfyUI's output folder, or ``MMGT_OUTPUT_DIR`` / ./output outside ComfyUI."""
+    return folder_paths.get_output_directory() if IN_COMFYUI else os.path.abspath(os.environ.get("MMGT_OUTPUT_DIR",
+                                                                                                 "output"))
 

@@ -13,20 +13,24 @@ import torch
 from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.wav2vec import load_wav2vec2, wav2vec2_features
 from mmgt_core.errors import InputError
+from mmgt_core.keypoints import PoseSequence
 from mmgt_core.memory import ENCODER_WORKING_BYTES, decode_chunk_that_fits, stage2_window_bytes, vae_decode_bytes
-from mmgt_core.pipeline import VideoOptions, video_conditioning
+from mmgt_core.pipeline import VideoInputs, VideoPipeline, available_memory_bytes, decoded_frames_bytes
 from mmgt_core.timeline import trim_audio
 from mmgt_core.video.conditioning import MASK_MODES, clip_image_embeds, load_clip_image_encoder
+from mmgt_core.video.context import SCHEDULES
 from mmgt_core.video.decode import VAE_SCALING, decode_latents, load_vae
 from mmgt_core.video.net import VideoNet, load_video_net
-from mmgt_core.video.sampler import sample_latents
 from mmgt_core.video.scheduler import SCHEDULERS
+from mmgt_core.video.settings import RELEASED, VideoSettings
 
 from . import host
 from .common import node_errors
 from .model_files import choices, first_problem, validate_file, validate_number
+from .pose import KEYPOINTS_TYPE
 from .stage1 import DTYPE_INPUT, LOGGER, audio_to_mono
 
+LARGE_DECODE_BYTES = 4 * 2**30  # a whole-video IMAGE decode above this gets a warning naming the streaming node
 VIDEO_NET_TYPE = "MMGT_VIDEO_NET"
 MMGT_VAE_TYPE = "MMGT_VAE"
 IMAGE_ENCODER_TYPE = "MMGT_IMAGE_ENCODER"
@@ -228,9 +232,11 @@ def _image_embeds(image: torch.Tensor, image_encoder: Optional[host.ModelHandle]
 
 class SampleVideo:
     DESCRIPTION = ("Renders the video latents: ReferenceNet on the reference image (once), the 3D UNet with the "
-                   "pose frames, MM-HAA audio attention gated by the motion masks, DDIM v-prediction with CFG "
-                   "(or DPM-Solver++ 2M / UniPC in fewer steps). Any "
-                   "length (sliding context windows) and any size whose sides are multiples of 64.")
+                   "pose, MM-HAA audio attention gated by the motion masks, DDIM v-prediction with CFG (or "
+                   "DPM-Solver++ 2M / UniPC in fewer steps). Give it the keypoints: each context window's pose "
+                   "frames and masks are drawn from them at the output size when needed, so any length fits in "
+                   "bounded memory. A pose video (IMAGE) and hand-painted masks (MASK) are optional overrides. Any "
+                   "size whose sides are multiples of 64.")
     CATEGORY = "MMGT/sampling"
     FUNCTION = "sample"
     RETURN_TYPES = (LATENTS_TYPE, "LATENT")
@@ -241,44 +247,49 @@ class SampleVideo:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
+        full, face, lips = RELEASED.branch_weights
         return {"required": {
             "video_net": (VIDEO_NET_TYPE, {"tooltip": "From MMGT Load Video Net."}),
             "reference_image": ("IMAGE", {"tooltip": "The person to animate (cover-resized to the output size)."}),
-            "pose_frames": ("IMAGE", {"tooltip": "One pose frame per output frame (MMGT Render Pose or a pose "
-                                                 "video)."}),
-            "face_hands_mask": ("MASK", {"tooltip": "Face+hands motion mask per frame (MMGT Motion Masks)."}),
-            "lips_mask": ("MASK", {"tooltip": "Lips motion mask per frame (MMGT Motion Masks)."}),
-            "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Output width, a "
-                                                                                           "multiple of 64."}),
-            "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Output height, a "
-                                                                                            "multiple of 64."}),
-            "seed": ("INT", {"default": 42, "min": 0, "max": 2**63 - 1, "tooltip": "Noise seed."}),
-            "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampler steps (official: 30 "
-                                                                               "DDIM steps)."}),
-            "cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 20.0, "step": 0.1, "tooltip": "Guidance scale "
-                                                                                               "(official: 3.5)."}),
-            "full_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.1,
+            "width": ("INT", {"default": RELEASED.width, "min": 64, "max": 2048, "step": 64,
+                              "tooltip": "Output width, a multiple of 64."}),
+            "height": ("INT", {"default": RELEASED.height, "min": 64, "max": 2048, "step": 64,
+                               "tooltip": "Output height, a multiple of 64."}),
+            "seed": ("INT", {"default": RELEASED.seed, "min": 0, "max": 2**63 - 1, "tooltip": "Noise seed."}),
+            "steps": ("INT", {"default": RELEASED.steps, "min": 1, "max": 200,
+                              "tooltip": f"Sampler steps (official: {RELEASED.steps} DDIM steps)."}),
+            "cfg": ("FLOAT", {"default": RELEASED.guidance_scale, "min": 1.0, "max": 20.0, "step": 0.1,
+                              "tooltip": f"Guidance scale (official: {RELEASED.guidance_scale})."}),
+            "full_weight": ("FLOAT", {"default": full, "min": 0.0, "max": 5.0, "step": 0.1,
                                       "tooltip": "MM-HAA branch weight of the full/background branch."}),
-            "face_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.1,
+            "face_weight": ("FLOAT", {"default": face, "min": 0.0, "max": 5.0, "step": 0.1,
                                       "tooltip": "MM-HAA branch weight of the face+hands branch."}),
-            "lips_weight": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 5.0, "step": 0.1,
+            "lips_weight": ("FLOAT", {"default": lips, "min": 0.0, "max": 5.0, "step": 0.1,
                                       "tooltip": "MM-HAA branch weight of the lips branch (the released script "
                                                  "effectively uses 1, 1, 2)."}),
-            "mask_mode": (list(MASK_MODES), {"default": "released", "tooltip": "released: full = 1 + lips (the "
-                                             "released script); paper: background mask; training: hands mask."}),
-            "context_frames": ("INT", {"default": 12, "min": 4, "max": 32, "tooltip": "Frames per context window."}),
-            "context_overlap": ("INT", {"default": 4, "min": 0, "max": 16, "tooltip": "Frames shared by neighbouring "
-                                                                                      "windows (blended)."}),
-            "context_schedule": (["open", "closed_loop"], {"default": "open", "tooltip": "open: no wrap-around; "
-                                                           "closed_loop: the official schedule (last window wraps "
-                                                           "to the first frames)."}),
-            "scheduler": (list(SCHEDULERS), {"default": "ddim", "tooltip": "ddim: the released sampler (use 30 "
-                          "steps). dpmpp_2m (DPM-Solver++ 2M) or unipc: same model setup, fewer steps (e.g. 15); "
-                          "their quality on the real weights is not measured yet."}),
+            "mask_mode": (list(MASK_MODES), {"default": RELEASED.mask_mode, "tooltip": "released: full = 1 + lips "
+                                             "(the released script); paper: background mask; training: hands mask."}),
+            "context_frames": ("INT", {"default": RELEASED.context_frames, "min": 4, "max": 32,
+                                       "tooltip": "Frames per context window."}),
+            "context_overlap": ("INT", {"default": RELEASED.context_overlap, "min": 0, "max": 16,
+                                        "tooltip": "Frames shared by neighbouring windows (blended)."}),
+            "context_schedule": (list(SCHEDULES), {"default": RELEASED.context_schedule, "tooltip": "open: no "
+                                 "wrap-around; closed_loop: the official schedule (last window wraps to the first "
+                                 "frames)."}),
+            "scheduler": (list(SCHEDULERS), {"default": RELEASED.scheduler, "tooltip": "ddim: the released sampler "
+                          "(use 30 steps). dpmpp_2m (DPM-Solver++ 2M) or unipc: same model setup, fewer steps (e.g. "
+                          "15); their quality on the real weights is not measured yet."}),
         }, "optional": {
+            "keypoints": (KEYPOINTS_TYPE, {"tooltip": "The driving pose (MMGT Audio to Pose, Load Keypoints, ...): "
+                                                      "pose frames and motion masks are drawn from it per window."}),
+            "pose_frames": ("IMAGE", {"tooltip": "Optional external pose video, one frame per output frame "
+                                                 "(replaces drawing the keypoints; resized per window)."}),
+            "face_hands_mask": ("MASK", {"tooltip": "Optional override: face+hands mask per frame (e.g. hand-painted; "
+                                                    "default: from the keypoints)."}),
+            "lips_mask": ("MASK", {"tooltip": "Optional override: lips mask per frame (with face_hands_mask)."}),
             "audio_features": (STAGE2_AUDIO_TYPE, {"tooltip": "From MMGT Stage-II Audio Features; leave empty for "
                                                               "pose-driven video without audio conditioning."}),
-            "hands_mask": ("MASK", {"tooltip": "Hands mask (needed only by mask mode 'training')."}),
+            "hands_mask": ("MASK", {"tooltip": "Optional override: hands mask (used by mask mode 'training')."}),
             "image_encoder": (IMAGE_ENCODER_TYPE, {"tooltip": "MMGT Load Image Encoder (official preprocessing)."}),
             "clip_vision": ("CLIP_VISION", {"tooltip": "Or ComfyUI's CLIP Vision (ViT-L/14)."}),
             "mmgt_vae": (MMGT_VAE_TYPE, {"tooltip": "MMGT Load VAE (diffusers folder)."}),
@@ -290,36 +301,39 @@ class SampleVideo:
         return first_problem(validate_number(cls, "width", width, multiple_of=64),
                              validate_number(cls, "height", height, multiple_of=64))
 
-    def sample(self, video_net: LoadedVideoNet, reference_image: torch.Tensor, pose_frames: torch.Tensor,
-               face_hands_mask: torch.Tensor, lips_mask: torch.Tensor, width: int, height: int, seed: int,
-               steps: int, cfg: float, full_weight: float, face_weight: float, lips_weight: float, mask_mode: str,
-               context_frames: int, context_overlap: int, context_schedule: str, scheduler: str = "ddim",
-               audio_features: Optional[Stage2Audio] = None, hands_mask: Optional[torch.Tensor] = None,
-               image_encoder: Optional[host.ModelHandle] = None, clip_vision: Any = None,
-               mmgt_vae: Optional[host.ModelHandle] = None, vae: Any = None) -> tuple[VideoLatents, dict[str, Any]]:
+    def sample(self, video_net: LoadedVideoNet, reference_image: torch.Tensor,
+               pose_frames: Optional[torch.Tensor] = None, face_hands_mask: Optional[torch.Tensor] = None,
+               lips_mask: Optional[torch.Tensor] = None, width: int = RELEASED.width, height: int = RELEASED.height,
+               seed: int = RELEASED.seed, steps: int = RELEASED.steps, cfg: float = RELEASED.guidance_scale,
+               full_weight: float = RELEASED.branch_weights[0], face_weight: float = RELEASED.branch_weights[1],
+               lips_weight: float = RELEASED.branch_weights[2], mask_mode: str = RELEASED.mask_mode,
+               context_frames: int = RELEASED.context_frames, context_overlap: int = RELEASED.context_overlap,
+               context_schedule: str = RELEASED.context_schedule, scheduler: str = RELEASED.scheduler,
+               keypoints: Optional[PoseSequence] = None, audio_features: Optional[Stage2Audio] = None,
+               hands_mask: Optional[torch.Tensor] = None, image_encoder: Optional[host.ModelHandle] = None,
+               clip_vision: Any = None, mmgt_vae: Optional[host.ModelHandle] = None, vae: Any = None
+               ) -> tuple[VideoLatents, dict[str, Any]]:
+        """ComfyUI passes every input by name; the positional order is the pre-keypoint one, kept for callers."""
         with node_errors("MMGT Sample Video"):
-            frames = int(pose_frames.shape[0])
-            if audio_features is not None and audio_features.frames < frames:
-                raise InputError("audio_features", f"cover {audio_features.frames} frames but there are {frames} "
-                                 "pose frames.", "Use pose frames made from the same audio (25 fps), or trim them.")
-            image_embeds = _image_embeds(reference_image, image_encoder, clip_vision)
+            settings = VideoSettings(width=width, height=height, seed=seed, steps=steps, scheduler=scheduler,
+                                     guidance_scale=cfg, branch_weights=(full_weight, face_weight, lips_weight),
+                                     mask_mode=mask_mode, context_frames=context_frames,
+                                     context_overlap=context_overlap, context_schedule=context_schedule)
+            inputs = VideoInputs(
+                reference_image=reference_image[0], keypoints=keypoints, pose_frames=pose_frames,
+                face_hands_mask=face_hands_mask, lips_mask=lips_mask, hands_mask=hands_mask,
+                audio_features=audio_features.features if audio_features is not None else None,
+                image_embeds=_image_embeds(reference_image, image_encoder, clip_vision))
+            pipeline = VideoPipeline(video_net.net, _pick_vae(vae, mmgt_vae, "MMGT Sample Video"))
             managed_vae = [mmgt_vae] if mmgt_vae is not None else []
             fit = {"stage": "Stage II (MMGT Sample Video)", "lower": "width/height or context_frames",
-                   "workload": f"{width}x{height}, {context_frames}-frame windows ({frames} frames)",
+                   "workload": f"{width}x{height}, {context_frames}-frame windows",
                    "memory_required": stage2_window_bytes(width, height, context_frames, 2, video_net.dtype)}
             with host.compute_with([video_net.handle, *managed_vae], **fit):
-                cond = video_conditioning(
-                    video_net.net, _pick_vae(vae, mmgt_vae, "MMGT Sample Video"), image_embeds, reference_image[0],
-                    pose_frames, face_hands_mask, lips_mask, hands_mask,
-                    audio_features.features if audio_features is not None else None, width, height, mask_mode)
-            options = VideoOptions(width=width, height=height, seed=seed, steps=steps, cfg=cfg,
-                                   branch_weights=(full_weight, face_weight, lips_weight),
-                                   context_frames=context_frames, context_overlap=context_overlap,
-                                   context_schedule=context_schedule, scheduler=scheduler)
-            generator = torch.Generator(device="cpu").manual_seed(seed)
+                cond = pipeline.conditioning(inputs, settings)
             with host.compute_with([video_net.handle], **fit):  # a core VAE's encode may have evicted the net
-                latents = sample_latents(video_net.net, cond, options.sampling(), generator,
-                                         progress=host.progress_reporter(steps), check_cancel=host.check_cancel)
+                latents = pipeline.sample(cond, settings, progress=host.progress_reporter(steps),
+                                          check_cancel=host.check_cancel)
         audio = audio_features.audio if audio_features is not None else None
         return VideoLatents(latents, 25.0, audio), core_latent(latents)
 
@@ -347,11 +361,29 @@ class DecodeVideo:
     def decode(self, latents: VideoLatents, chunk_frames: int, mmgt_vae: Optional[host.ModelHandle] = None,
                vae: Any = None) -> tuple[torch.Tensor, float, dict[str, Any]]:
         with node_errors("MMGT Decode Video"):
+            _check_decode_fits(latents.latents)
             with vae_for_decoding(latents, chunk_frames, mmgt_vae, vae, "MMGT Decode Video") as (decoder, chunk):
                 frames = decode_latents(decoder, latents.latents, chunk,
                                         progress=host.progress_reporter(latents.latents.shape[2]),
                                         check_cancel=host.check_cancel)
         return frames, latents.fps, _audio_for(latents, frames.shape[0])
+
+
+def _check_decode_fits(latents: torch.Tensor) -> None:
+    """Warn before a large whole-video IMAGE decode, and refuse one that cannot fit in the memory left."""
+    frames, height, width = latents.shape[2], latents.shape[3] * 8, latents.shape[4] * 8
+    needed = decoded_frames_bytes(frames, width, height)
+    if needed < LARGE_DECODE_BYTES:
+        return
+    available = available_memory_bytes()
+    message = (f"decoding {frames} frames at {width}x{height} returns one IMAGE batch of about "
+               f"{needed / 2**30:.1f} GiB")
+    streaming = ("Use MMGT Save Video instead: it decodes and writes the mp4 chunk by chunk in memory independent "
+                 "of the length (keep MMGT Decode Video for short clips).")
+    if available is not None and needed > available:
+        raise InputError("latents", f"{message}, more than the {available / 2**30:.1f} GiB of memory available.",
+                         streaming)
+    LOGGER.warning("[MMGT Decode Video]: %s. %s", message, streaming)
 
 
 @contextmanager

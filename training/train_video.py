@@ -47,7 +47,7 @@ from mmgt_core.errors import InputError, MMGTError, WeightsError
 from mmgt_core.types import OptionalCancel, OptionalProgress
 from mmgt_core.video.conditioning import clip_image_embeds, load_clip_image_encoder
 from mmgt_core.video.config import RELEASED_BRANCH_WEIGHTS, VideoNetConfig
-from mmgt_core.video.decode import decode_latents, encode_images
+from mmgt_core.video.decode import encode_images
 from mmgt_core.video.net import VideoNet
 from mmgt_core.video.scheduler import make_scheduler
 from mmgt_core.weights import COMPONENT_VIDEO_NET, load_weights, read_config, save_weights
@@ -61,11 +61,9 @@ from .video_data import (
     StepSampler,
     VideoClipExamples,
     batch_masks,
-    branch_masks_from_keypoints,
     collate_examples,
     full_frame_box,
     load_manifest,
-    pose_images,
     to_model_pixels,
     write_json_atomically,
 )
@@ -727,7 +725,9 @@ def export_net(net: VideoNet, path: Path, full: VideoNetConfig, config: TrainVid
 def render_validation(net: VideoNet, vae: Any, clip: Any, manifest: Manifest, config: TrainVideoConfig, step: int,
                       out_dir: Path) -> Path:
     """A short clip of one prepared video, rendered by the inference sampler, saved as mp4 with its audio."""
-    from mmgt_core.video.sampler import SamplingSettings, VideoConditioning, project_audio, sample_latents
+    from mmgt_core.keypoints import PoseSequence
+    from mmgt_core.pipeline import VideoInputs, VideoPipeline
+    from mmgt_core.video.settings import VideoSettings
     from mmgt_core.video_io import write_mp4
 
     from .smga_data import read_wav
@@ -739,24 +739,17 @@ def render_validation(net: VideoNet, vae: Any, clip: Any, manifest: Manifest, co
     frames = min(settings.frames, entry.frames)
     box = full_frame_box(manifest.width, manifest.height, (width, height))
     reference = box.apply_frames(prepared.frames.read([0]))[0]
-    keypoints = box.apply_keypoints(prepared.keypoints[:frames])
-    pose = (pose_images(keypoints, width, height, config.data.mask_legs).permute(1, 2, 3, 0) * 255).round()
-    tokens = None
+    keypoints = torch.from_numpy(box.apply_keypoints(prepared.keypoints[:frames]))
+    features = None
     if config.step == 2:
-        tokens = project_audio(net.audioproj, prepared.audio_windows(list(range(frames)), 0)[:, 0])
-    cond = VideoConditioning(
-        image_embeds=clip_image_embeds(clip, reference),
-        reference_latent=encode_images(vae, to_model_pixels(reference[None])).float(),
-        pose_frames=pose.to(torch.uint8),
-        masks=branch_masks_from_keypoints(keypoints, width, height, settings.mask_mode),
-        audio_tokens=tokens,
-    )
-    sampling = SamplingSettings(width=width, height=height, steps=settings.steps,
-                                guidance_scale=settings.guidance_scale, branch_weights=RELEASED_BRANCH_WEIGHTS,
-                                context_frames=min(config.data.clip_frames, frames), context_overlap=0)
-    generator = torch.Generator().manual_seed(config.seed)
-    latents = sample_latents(net, cond, sampling, generator)
-    video = decode_latents(vae, latents, chunk_frames=4)
+        features = prepared.audio_windows(list(range(frames)), 0)[:, 0]
+    inputs = VideoInputs(reference, keypoints=PoseSequence(keypoints, width, height, manifest.fps),
+                         audio_features=features, hide_legs=config.data.mask_legs)
+    render = VideoSettings(width=width, height=height, seed=config.seed, steps=settings.steps,
+                           guidance_scale=settings.guidance_scale, branch_weights=RELEASED_BRANCH_WEIGHTS,
+                           mask_mode=settings.mask_mode, context_frames=min(config.data.clip_frames, frames),
+                           context_overlap=0)
+    video = VideoPipeline(net, vae, clip)(inputs, render).frames
     wave, rate = read_wav(manifest.root / entry.paths["audio"])
     audio = wave[: int(round(frames / manifest.fps * rate))][None]
     return write_mp4(out_dir / "validation" / f"step-{step:08d}.mp4", video, manifest.fps, audio, rate)

@@ -9,8 +9,10 @@ What it measures, all in one process on the same machine and dtype (bf16 by defa
   overlap 4, open schedule);
 * ``ratio_to_sd15``: that divided by one plain diffusers SD1.5 ``UNet2DConditionModel`` forward (batch 1, same
   latent size, 77 context tokens, same dtype) - i.e. the cost of one frame-step in "SD1.5 image forwards";
-* the split of a whole video across audio (wav2vec2-base-size features + AudioProj), masks, reference pass, UNet
-  loop and VAE decode (the loop at ``steps`` steps; ``projected_30_steps_s`` scales it to the released 30);
+* the split of a whole video across audio (wav2vec2-base-size features), conditioning (AudioProj, reference
+  latent), reference pass, UNet loop (pose frames and masks drawn per window inside it) and VAE decode, all
+  through the one Stage-II pipeline object (the loop at ``steps`` steps; ``projected_30_steps_s`` scales it to the
+  released 30);
 * peak memory: the process RSS peak above the loaded-model baseline while generating each length (a polling
   thread reads the RSS every 20 ms), and the 96/24 ratio;
 * bf16 vs fp32: one denoising-window forward (batch 2 x 12 frames) in both dtypes on the same weights.
@@ -34,6 +36,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from mmgt_core.keypoints import PoseSequence
+from mmgt_core.pipeline import VideoInputs, VideoPipeline
+from mmgt_core.tiny_models import synthetic_reference_pose
 from mmgt_core.video.conditioning import branch_masks_from_regions
 from mmgt_core.video.config import (
     AudioProjConfig,
@@ -42,18 +47,12 @@ from mmgt_core.video.config import (
     UNetConfig,
     VideoNetConfig,
 )
-from mmgt_core.video.decode import decode_latents
+from mmgt_core.video.context import window_count
 from mmgt_core.video.motion_module import PositionalEncoding, sinusoidal_table
 from mmgt_core.video.net import VideoNet, build_video_net
-from mmgt_core.video.sampler import (
-    SamplingSettings,
-    VideoConditioning,
-    VideoDenoiser,
-    initial_latents,
-    project_audio,
-    reference_for_video,
-)
-from mmgt_core.video.scheduler import DEFAULT_STEPS, ddim_step, inference_timesteps, make_scheduler
+from mmgt_core.video.sampler import VideoConditioning, reference_for_video
+from mmgt_core.video.scheduler import DEFAULT_STEPS
+from mmgt_core.video.settings import VideoSettings
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SD15_TEXT_TOKENS = 77
@@ -189,56 +188,56 @@ def _median_time(function: Callable[[], Any], repeats: int) -> float:
 # Synthetic inputs
 
 
-def _synthetic_inputs(frames: int, width: int, height: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A pose video (uint8), moving face/lips/hands boxes, and a speech-like waveform of the same length."""
+def moving_pose(frames: int, width: int, height: int) -> PoseSequence:
+    """The synthetic upper-body pose swaying a few pixels per frame (so every window's pose and masks differ)."""
+    base = synthetic_reference_pose(width, height).keypoints[0]
+    phase = torch.arange(frames, dtype=torch.float32)
+    sway = torch.stack([torch.sin(phase / 7), torch.cos(phase / 11)], dim=1) * min(width, height) * 0.02
+    keypoints = base[None].repeat(frames, 1, 1)
+    keypoints[..., :2] += sway[:, None, :]
+    return PoseSequence(keypoints, width, height)
+
+
+def _synthetic_inputs(frames: int, width: int, height: int, seed: int = 0) -> dict[str, Any]:
+    """A moving pose (keypoints), a reference image and a speech-like waveform of the same length."""
     generator = torch.Generator().manual_seed(seed)
-    pose = (torch.rand(frames, height, width, 3, generator=generator) * 255).to(torch.uint8)
-    rows, cols = torch.arange(height)[None, :, None], torch.arange(width)[None, None, :]
-    shift = (torch.arange(frames) % 8)[:, None, None]
-    face = ((rows >= height // 8 + shift) & (rows < height // 2) & (cols >= width // 3) & (cols < 2 * width // 3))
-    lips = face & (rows >= height // 3)
-    hands = (rows >= 2 * height // 3) & (cols + shift < width // 4)
+    image = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8)
     samples = round(frames / 25 * 16000)
     wave = torch.sin(torch.arange(samples) * 0.05) * (1 + torch.rand(samples, generator=generator)) * 0.3
-    return {"pose": pose, "face_hands": (face | hands).float(), "lips": lips.float(), "hands": hands.float(),
-            "wave": wave}
+    return {"pose": moving_pose(frames, width, height), "image": image, "wave": wave}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The benchmark
 
 
-def _generate(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, settings: SamplingSettings,
+def _generate(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, settings: VideoSettings,
               dtype: torch.dtype) -> dict[str, float]:
-    """One whole video, timed piece by piece with the library's public functions."""
+    """One whole video through :class:`~mmgt_core.pipeline.VideoPipeline`, timed stage by stage.
+
+    ``unet_loop_s`` is the pipeline's sampling time less one separately timed ReferenceNet pass (``reference_s``);
+    pose frames and masks are drawn inside the loop, window by window, so they count in the loop.
+    """
     from mmgt_core.audio.wav2vec import wav2vec2_features
 
     inputs = _synthetic_inputs(frames, settings.width, settings.height)
+    pipeline = VideoPipeline(net, vae)
     split: dict[str, float] = {}
-    split["audio_s"], tokens = _timed(lambda: project_audio(
-        net.audioproj, wav2vec2_features(wav2vec, inputs["wave"], 16000)[0][:frames]))
-    split["masks_s"], masks = _timed(lambda: branch_masks_from_regions(
-        inputs["face_hands"], inputs["lips"], inputs["hands"], settings.width, settings.height))
-    embed_dim = net.config.unet.cross_attention_dim
-    latent_hw = (settings.height // 8, settings.width // 8)
-    cond = VideoConditioning(image_embeds=torch.randn(1, embed_dim), pose_frames=inputs["pose"], masks=masks,
-                             reference_latent=torch.randn(1, 4, *latent_hw, dtype=dtype) * 0.5,
-                             audio_tokens=tokens)
-    split["reference_s"], reference = _timed(lambda: reference_for_video(net, cond))
-    denoiser = VideoDenoiser(net, cond, settings, reference)
-    scheduler = make_scheduler()
-    timesteps = inference_timesteps(scheduler, settings.steps)
-    latents = initial_latents(torch.Generator().manual_seed(0), frames, settings.width, settings.height)
-    start = time.perf_counter()
-    for timestep in timesteps:
-        latents = ddim_step(scheduler, denoiser.predict(latents, timestep), timestep, latents)
-    split["unet_loop_s"] = time.perf_counter() - start
-    split["windows_per_step"] = len(denoiser.windows)
-    split["decode_s"], _ = _timed(lambda: decode_latents(vae, latents, chunk_frames=4))
+    split["audio_s"], features = _timed(lambda: wav2vec2_features(wav2vec, inputs["wave"], 16000)[0])
+    embeds = torch.randn(1, net.config.unet.cross_attention_dim)
+    video_inputs = VideoInputs(inputs["image"], keypoints=inputs["pose"], audio_features=features,
+                               image_embeds=embeds)
+    split["conditioning_s"], cond = _timed(lambda: pipeline.conditioning(video_inputs, settings))
+    split["reference_s"], _ = _timed(lambda: reference_for_video(net, cond))
+    sample_s, latents = _timed(lambda: pipeline.sample(cond, settings, torch.Generator().manual_seed(0)))
+    split["unet_loop_s"] = max(sample_s - split["reference_s"], 0.0)
+    split["windows_per_step"] = window_count(frames, settings.context_frames, settings.context_overlap,
+                                             settings.context_schedule)
+    split["decode_s"], _ = _timed(lambda: pipeline.decode(latents, settings))
     return split
 
 
-def _window_forward(net: VideoNet, settings: SamplingSettings, dtype: torch.dtype) -> Callable[[], Any]:
+def _window_forward(net: VideoNet, settings: VideoSettings, dtype: torch.dtype) -> Callable[[], Any]:
     """One CFG-batch forward of a full context window (the unit of the sampling loop)."""
     frames, (h, w) = settings.context_frames, (settings.height // 8, settings.width // 8)
     unet = net.denoising_unet
@@ -263,7 +262,7 @@ def _window_forward(net: VideoNet, settings: SamplingSettings, dtype: torch.dtyp
     return run
 
 
-def _sd15_forward_seconds(unet_config: UNetConfig, settings: SamplingSettings, dtype: torch.dtype,
+def _sd15_forward_seconds(unet_config: UNetConfig, settings: VideoSettings, dtype: torch.dtype,
                           repeats: int) -> float:
     baseline = random_sd15_unet(unet_config, dtype)
     sample = torch.randn(1, 4, settings.height // 8, settings.width // 8, dtype=dtype)
@@ -294,7 +293,7 @@ def run_video_bench(
         torch.set_num_threads(threads)
     log = print if verbose else (lambda *_args, **_kw: None)
     config = tiny_config() if tiny else VideoNetConfig.sd15()
-    settings = SamplingSettings(width=width, height=height, steps=steps)
+    settings = VideoSettings(width=width, height=height, steps=steps)
     target = DTYPES[dtype]
     results: dict[str, Any] = {"size": [width, height], "steps": steps, "dtype": dtype, "tiny": tiny,
                                "threads": torch.get_num_threads(), "settings": vars(settings).copy()}
@@ -329,20 +328,21 @@ def run_video_bench(
     return results
 
 
-def _length_run(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, settings: SamplingSettings,
+def _length_run(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, settings: VideoSettings,
                 dtype: torch.dtype, sd15_s: float, log: Callable[..., None]) -> dict[str, Any]:
     with PeakRSS() as memory:
         split = _generate(net, vae, wav2vec, frames, settings, dtype)
     per_frame_step = split["unet_loop_s"] / (frames * settings.steps)
     loop_30 = split["unet_loop_s"] / settings.steps * DEFAULT_STEPS
-    once = split["audio_s"] + split["masks_s"] + split["reference_s"] + split["decode_s"]
+    once = split["audio_s"] + split["conditioning_s"] + split["reference_s"] + split["decode_s"]
     run = {"frames": frames, **split, "unet_s_per_frame_step": per_frame_step,
            "ratio_to_sd15": per_frame_step / sd15_s, "projected_30_steps_s": loop_30 + once,
            "peak_rss_increase_mib": memory.increase_mib, "peak_rss_mib": memory.peak / 2**20}
     log(f"[video bench] {frames} frames, {settings.steps} step(s), {split['windows_per_step']} windows/step: "
         f"{per_frame_step:.3f} s per frame-step = {run['ratio_to_sd15']:.2f} SD1.5 forwards; split: audio "
-        f"{split['audio_s']:.1f}s, masks {split['masks_s']:.1f}s, reference {split['reference_s']:.1f}s, UNet loop "
-        f"{split['unet_loop_s']:.1f}s, VAE decode {split['decode_s']:.1f}s; 30 steps would take "
+        f"{split['audio_s']:.1f}s, conditioning {split['conditioning_s']:.1f}s, reference {split['reference_s']:.1f}s, "
+        f"UNet loop (with per-window pose and masks) {split['unet_loop_s']:.1f}s, VAE decode "
+        f"{split['decode_s']:.1f}s; 30 steps would take "
         f"{run['projected_30_steps_s'] / 60:.1f} min; peak RSS +{memory.increase_mib:.0f} MiB")
     return run
 

@@ -195,7 +195,15 @@ def pose_window(frames: torch.Tensor | np.ndarray, indices: torch.Tensor | Seque
     Frames already at the output size are only converted (uint8 /255, floats as given); others are
     cover-resized with LANCZOS through uint8, like ``VaeImageProcessor(do_normalize=False)`` on PIL frames.
     """
-    tensors = [_pose_frame(frames[int(index)], width, height) for index in indices]
+    picked = [frames[int(index)] for index in indices]
+    if all(tuple(frame.shape[:2]) == (height, width) for frame in picked):  # one vectorised conversion
+        stacked = torch.stack([torch.as_tensor(np.asarray(f)) if not isinstance(f, torch.Tensor) else f.detach().cpu()
+                               for f in picked])
+        channels_first = stacked.permute(3, 0, 1, 2).contiguous()
+        if channels_first.dtype == torch.uint8:
+            return (channels_first.float() / 255.0)[None]
+        return channels_first.float().clamp(0, 1)[None]
+    tensors = [_pose_frame(frame, width, height) for frame in picked]
     return torch.stack(tensors, dim=1)[None]
 
 
@@ -281,3 +289,103 @@ def _check_mask(name: str, mask: torch.Tensor, frames: Optional[int] = None) -> 
     if frames is not None and mask.shape[0] != frames:
         raise InputError(name, f"has {mask.shape[0]} frames but the face+hands mask has {frames}",
                          "generate all masks from the same pose sequence.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conditions drawn on demand, one context window at a time
+
+
+def keypoints_at_output(sequence: Any, width: int, height: int) -> Any:
+    """The keypoints moved from their canvas onto the output frame with the reference image's cover crop.
+
+    The reference image is cover-resized (centred crop of the output aspect, one resize) to ``width x height``;
+    the same map applied to the keypoints keeps them on the person, so pose frames and masks can be drawn
+    straight at the output size instead of at the (possibly huge) reference image size.
+    """
+    from mmgt_core.keypoints import PoseSequence
+
+    check_output_size(width, height)
+    if (sequence.width, sequence.height) == (width, height):
+        return sequence
+    src_w, src_h = sequence.width, sequence.height
+    if src_w * height > src_h * width:
+        crop_w, crop_h = src_h * width / height, float(src_h)
+    else:
+        crop_w, crop_h = float(src_w), src_w * height / width
+    left, top = (src_w - crop_w) / 2, (src_h - crop_h) / 2
+    points = sequence.keypoints.float().clone()
+    points[..., 0] = (points[..., 0] - left) * (width / crop_w)
+    points[..., 1] = (points[..., 1] - top) * (height / crop_h)
+    return PoseSequence(points, width, height, sequence.fps)
+
+
+class ImagePoseFrames:
+    """A pose video given as images (T, H, W, 3); each window is converted (and resized) when it is needed."""
+
+    def __init__(self, images: torch.Tensor | np.ndarray) -> None:
+        check_pose_frames(images)
+        self.images = images
+
+    @property
+    def frames(self) -> int:
+        return int(self.images.shape[0])
+
+    def window(self, indices: torch.Tensor | Sequence[int], width: int, height: int) -> torch.Tensor:
+        """PoseGuider input (1, 3, f, H, W) float32 in [0, 1] for frames ``indices``."""
+        return pose_window(self.images, indices, width, height)
+
+
+class KeypointPoseFrames:
+    """Pose frames drawn from keypoints at the output size, one window at a time (never the whole video)."""
+
+    def __init__(self, sequence: Any, mask_legs: bool = True) -> None:
+        self.sequence = sequence
+        self.mask_legs = mask_legs
+
+    @property
+    def frames(self) -> int:
+        return int(self.sequence.num_frames)
+
+    def draw(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Drawn frames (f, H, W, 3) uint8 on the sequence's canvas (legs hidden per window, no full copy)."""
+        from mmgt_core.keypoints import mask_leg_pixels
+        from mmgt_core.render import draw_pose_frame
+
+        points = self.sequence.keypoints[torch.as_tensor(indices, dtype=torch.long)]
+        points = (mask_leg_pixels(points) if self.mask_legs else points).float().numpy()
+        width, height = self.sequence.width, self.sequence.height
+        return torch.from_numpy(np.stack([draw_pose_frame(frame, width, height) for frame in points]))
+
+    def window(self, indices: torch.Tensor | Sequence[int], width: int, height: int) -> torch.Tensor:
+        """PoseGuider input (1, 3, f, H, W) float32 in [0, 1]: frames drawn now (resized if off the output size)."""
+        drawn = self.draw(indices)
+        return pose_window(drawn, range(drawn.shape[0]), width, height)
+
+
+class KeypointBranchMasks:
+    """MM-HAA branch masks computed from keypoints for the frames a window asks for (same numbers as whole)."""
+
+    def __init__(self, sequence: Any, mode: str = "released") -> None:
+        from mmgt_core.masks import latent_level_sizes
+
+        if mode not in MASK_MODES:
+            raise InputError("mask_mode", f"unknown mode '{mode}'", f"use one of {MASK_MODES}.")
+        latent_level_sizes(sequence.width, sequence.height)  # the canvas must tile into the latent levels
+        self.sequence = sequence
+        self.mode = mode
+
+    @property
+    def frames(self) -> int:
+        return int(self.sequence.num_frames)
+
+    def select(self, frames: torch.Tensor | Sequence[int]) -> BranchMasks:
+        """The branch masks of the given frame indices (one context window)."""
+        from mmgt_core.masks import keypoint_mask_pyramids
+
+        indices = torch.as_tensor(frames, dtype=torch.long)
+        pyramids = keypoint_mask_pyramids(self.sequence.with_keypoints(self.sequence.keypoints[indices]))
+        return compose_branch_masks(pyramids.face_hands, pyramids.lips, pyramids.hands, self.mode)
+
+    def whole(self) -> BranchMasks:
+        """Every frame at once (for short clips and tests)."""
+        return self.select(torch.arange(self.frames))

@@ -10,61 +10,75 @@ The loop follows the official ``Pose2VideoPipeline`` (spec 3.2-3.4, 3.9-3.11):
 * classifier-free guidance ``u + s (c - u)`` per window, blended per frame with the window weights (the official
   plain average in the closed-loop schedule), then one DDIM step (eta 0) on the whole video.
 
-Memory grows only with per-frame state: the latents, one prediction accumulator, the small mask pyramid and the
-audio tokens. Pose-guider features and audio windows are computed per window.
+Memory: length costs time, not memory. Pose frames and MM-HAA masks are drawn per context window (from
+keypoints at the output size, or converted from a pose video window by window), pose-guider features and audio
+windows are computed per window, and nothing of full resolution is kept for the whole video. At 10 minutes
+(T = 15 000 frames at 25 fps) and 512x512 the only full-length tensors are:
+
+=============================  ===============================  =============================================
+tensor                         shape                            bytes at 512x512, T = 15 000
+=============================  ===============================  =============================================
+latents (float32, CPU)         (1, 4, T, 64, 64)                65 536 B/frame = 0.98 GB; one step also holds
+                                                                the guided accumulator and DDIM's next latents
+                                                                of the same shape (about 3 x 0.98 GB at peak)
+audio tokens (net dtype)       (T, 32, 768)                     49 152 B/frame in fp16/bf16 = 0.74 GB
+                                                                (98 304 B/frame = 1.47 GB in fp32)
+keypoints (float32)            (T, 134, 3)                      1 608 B/frame = 24 MB
+=============================  ===============================  =============================================
+
+(The wav2vec2 features the audio tokens are made from, (T, 12, 768) float32 = 36 864 B/frame = 0.55 GB, belong
+to the caller.) A pose video given as images is the caller's memory too: it is only read window by window.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from mmgt_core.audio.wav2vec import audio_context_windows
 from mmgt_core.errors import InputError
+from mmgt_core.keypoints import PoseSequence
 from mmgt_core.types import CancelFn, ProgressFn
 from mmgt_core.video.conditioning import (
     BranchMasks,
     ImageLike,
+    ImagePoseFrames,
+    KeypointBranchMasks,
+    KeypointPoseFrames,
     branch_masks_from_regions,
     check_output_size,
     check_pose_frames,
     clip_image_embeds,
-    pose_window,
+    keypoints_at_output,
     reference_latent,
+    to_pil,
     zero_branch_masks,
 )
 from mmgt_core.video.context import ContextWindow, context_windows
-from mmgt_core.video.decode import decode_latents, module_dtype_device
+from mmgt_core.video.decode import module_dtype_device
 from mmgt_core.video.reference_bank import ReferenceKV
-from mmgt_core.video.scheduler import DEFAULT_STEPS, inference_timesteps, make_scheduler, scheduler_step
+from mmgt_core.video.scheduler import inference_timesteps, make_scheduler, scheduler_step
+from mmgt_core.video.settings import VideoSettings, check_scheduler
 
 LATENT_CHANNELS = 4
 LATENT_STRIDE = 8
 AUDIO_MARGIN = 2  # 5-frame audio window around every frame (spec 3.9)
 
+PoseFrameSource = ImagePoseFrames | KeypointPoseFrames
+"""Anything with ``frames`` and ``window(indices, width, height) -> (1, 3, f, H, W)``."""
+
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """on_step(step_index, timestep, guided_prediction (1, 4, L, h, w)) - for tests and previews."""
 
 
-@dataclass
-class SamplingSettings:
-    """Everything about how to sample; the defaults are the released inference settings."""
-
-    width: int = 512
-    height: int = 512
-    steps: int = DEFAULT_STEPS
-    guidance_scale: float = 3.5
-    branch_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
-    context_frames: int = 12
-    context_overlap: int = 4
-    context_schedule: str = "open"  # "closed_loop" = the official wrap-around schedule
-    context_blend: str = "linear"  # open schedule only: "linear", "cosine" or "flat"
-    round_reference_to_fp16: bool = True  # the official casts the reference banks to fp16
-    scheduler: str = "ddim"  # "ddim" (released), "dpmpp_2m" or "unipc" (video/scheduler.py)
+SamplingSettings = VideoSettings
+"""The former name of :class:`~mmgt_core.video.settings.VideoSettings` (one type; kept for callers and tests)."""
 
 
 @dataclass
@@ -72,21 +86,32 @@ class VideoConditioning:
     """The per-video inputs of the sampler.
 
     image_embeds: CLIP image embedding (1, D). reference_latent: VAE mean x 0.18215, (1, 4, H/8, W/8).
-    pose_frames: (T, H', W', 3) uint8 or float [0, 1]; frames not at the output size are cover-resized.
-    masks: branch masks for T frames. audio_tokens: AudioProj output (T, tokens, D_audio), or None for the
+    pose_frames: (T, H', W', 3) uint8 or float [0, 1] (frames not at the output size are cover-resized), or a
+    source that draws each window's frames when asked (:class:`KeypointPoseFrames`, :class:`ImagePoseFrames`).
+    masks: branch masks for T frames, or a source computing a window's masks on demand
+    (:class:`KeypointBranchMasks`). audio_tokens: AudioProj output (T, tokens, D_audio), or None for the
     pose-driven mode (zero audio tokens in both CFG halves, like the official pose2vid).
     """
 
     image_embeds: torch.Tensor
     reference_latent: torch.Tensor
-    pose_frames: torch.Tensor
-    masks: BranchMasks
+    pose_frames: torch.Tensor | PoseFrameSource
+    masks: BranchMasks | KeypointBranchMasks
     audio_tokens: Optional[torch.Tensor] = None
+
+    @property
+    def pose(self) -> PoseFrameSource:
+        """The pose frames as a per-window source."""
+        if isinstance(self.pose_frames, (torch.Tensor, np.ndarray)):
+            return ImagePoseFrames(self.pose_frames)
+        return self.pose_frames
 
     @property
     def frames(self) -> int:
         """The output frame count: one video frame per pose frame."""
-        return int(self.pose_frames.shape[0])
+        if isinstance(self.pose_frames, (torch.Tensor, np.ndarray)):
+            return int(self.pose_frames.shape[0])
+        return int(self.pose_frames.frames)
 
 
 def project_audio(audio_proj: nn.Module, features: torch.Tensor, chunk_frames: int = 64) -> torch.Tensor:
@@ -98,13 +123,81 @@ def project_audio(audio_proj: nn.Module, features: torch.Tensor, chunk_frames: i
         raise InputError("audio_features", f"expected (frames, layers, hidden), got {tuple(features.shape)}",
                          "pass the output of wav2vec2_features.")
     dtype, device = module_dtype_device(audio_proj)
-    pieces = []
+    tokens: Optional[torch.Tensor] = None  # filled chunk by chunk: no list of pieces plus a concatenated copy
     for start in range(0, features.shape[0], chunk_frames):
         frames = torch.arange(start, min(start + chunk_frames, features.shape[0]))
         windows = audio_context_windows(features, AUDIO_MARGIN, frames).to(device=device, dtype=dtype)
         with torch.no_grad():
-            pieces.append(audio_proj(windows[None])[0])
-    return torch.cat(pieces)
+            piece = audio_proj(windows[None])[0]
+        if tokens is None:
+            tokens = piece.new_empty((features.shape[0], *piece.shape[1:]))
+        tokens[start:start + piece.shape[0]] = piece
+    return tokens
+
+
+def build_conditioning(
+    net: nn.Module,
+    vae: nn.Module,
+    image_embeds: torch.Tensor,
+    reference_image: ImageLike,
+    width: int,
+    height: int,
+    mask_mode: str = "released",
+    keypoints: Optional[PoseSequence] = None,
+    pose_frames: Optional[torch.Tensor] = None,
+    face_hands_mask: Optional[torch.Tensor] = None,
+    lips_mask: Optional[torch.Tensor] = None,
+    hands_mask: Optional[torch.Tensor] = None,
+    audio_features: Optional[torch.Tensor] = None,
+    hide_legs: bool = True,
+) -> VideoConditioning:
+    """Everything the sampler needs, from user-level inputs, without drawing anything for the whole video.
+
+    keypoints: the pose on the reference image's canvas; the pose frames and MM-HAA masks are drawn from it per
+    context window at the output size. pose_frames: an external pose video (T, H, W, 3), converted per window
+    (it replaces drawing from keypoints). face_hands/lips/hands masks: (T, H, W) region masks that override the
+    keypoint masks (hand-painted masks). audio_features: wav2vec2 output (T' >= T, layers, hidden), or None for
+    the pose-driven mode. Frame counts must agree (InputError naming the input otherwise).
+    """
+    check_output_size(width, height)
+    on_output = keypoints_at_output(keypoints, width, height) if keypoints is not None else None
+    if pose_frames is not None:
+        pose: PoseFrameSource = ImagePoseFrames(pose_frames)
+        if keypoints is not None and keypoints.num_frames != pose.frames:
+            raise InputError("keypoints", f"have {keypoints.num_frames} frames but the pose video has {pose.frames}",
+                             "give keypoints and pose frames of the same video (one per output frame).")
+    elif on_output is not None:
+        pose = KeypointPoseFrames(on_output, mask_legs=hide_legs)
+    else:
+        raise InputError("keypoints", "neither keypoints nor pose frames were given",
+                         "connect MMGT keypoints (from Audio to Pose or Load Keypoints) or a pose video.")
+    frames = pose.frames
+    if (face_hands_mask is None) != (lips_mask is None):
+        raise InputError("masks", "give both the face+hands mask and the lips mask, or neither",
+                         "connect both mask outputs of the pose stage.")
+    if face_hands_mask is not None:
+        if face_hands_mask.shape[0] != frames:
+            raise InputError("face_hands_mask", f"has {face_hands_mask.shape[0]} frames but the pose has {frames}",
+                             "make the masks from the same pose sequence (one mask per pose frame).")
+        masks: BranchMasks | KeypointBranchMasks = branch_masks_from_regions(face_hands_mask, lips_mask, hands_mask,
+                                                                           width, height, mask_mode)
+    elif on_output is not None:
+        masks = KeypointBranchMasks(on_output, mask_mode)
+    else:
+        masks = zero_branch_masks(frames, width, height, mask_mode)
+    tokens = None
+    if audio_features is not None:
+        if audio_features.shape[0] < frames:
+            raise InputError("audio_features", f"cover {audio_features.shape[0]} frames but the pose has {frames}",
+                             "use a pose made from the same audio (25 fps), or trim the pose.")
+        tokens = project_audio(net.audioproj, audio_features[:frames])
+    return VideoConditioning(
+        image_embeds=image_embeds,
+        reference_latent=reference_latent(vae, reference_image, width, height),
+        pose_frames=pose,
+        masks=masks,
+        audio_tokens=tokens,
+    )
 
 
 def prepare_conditioning(
@@ -121,31 +214,13 @@ def prepare_conditioning(
     mask_mode: str = "released",
     audio_features: Optional[torch.Tensor] = None,
 ) -> VideoConditioning:
-    """Everything the sampler needs, from user-level inputs.
-
-    reference_image: PIL or (H, W, 3) uint8/float; pose_frames: (T, H, W, 3); masks: (T, H, W) in [0, 1] (none
-    given: empty regions); audio_features: wav2vec2 output (T, layers, hidden) or None for pose-driven mode.
-    """
+    """:func:`build_conditioning` for a pose video and region masks, with the CLIP embedding computed here."""
     check_output_size(width, height)
     check_pose_frames(pose_frames)
-    frames = int(pose_frames.shape[0])
-    if (face_hands_mask is None) != (lips_mask is None):
-        raise InputError("masks", "give both the face+hands mask and the lips mask, or neither",
-                         "connect both mask outputs of the pose stage.")
-    if face_hands_mask is None:
-        masks = zero_branch_masks(frames, width, height, mask_mode)
-    else:
-        masks = branch_masks_from_regions(face_hands_mask, lips_mask, hands_mask, width, height, mask_mode)
-    tokens = None
-    if audio_features is not None:
-        tokens = project_audio(net.audioproj, audio_features)
-    return VideoConditioning(
-        image_embeds=clip_image_embeds(clip_encoder, reference_image),
-        reference_latent=reference_latent(vae, reference_image, width, height),
-        pose_frames=pose_frames,
-        masks=masks,
-        audio_tokens=tokens,
-    )
+    image = to_pil(reference_image)
+    return build_conditioning(net, vae, clip_image_embeds(clip_encoder, image), image, width, height, mask_mode,
+                              pose_frames=pose_frames, face_hands_mask=face_hands_mask, lips_mask=lips_mask,
+                              hands_mask=hands_mask, audio_features=audio_features)
 
 
 def initial_latents(generator: Optional[torch.Generator], frames: int, width: int, height: int,
@@ -156,10 +231,12 @@ def initial_latents(generator: Optional[torch.Generator], frames: int, width: in
     return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).cpu()
 
 
-def check_conditioning(cond: VideoConditioning, settings: SamplingSettings) -> None:
+def check_conditioning(cond: VideoConditioning, settings: VideoSettings) -> None:
     """Raise InputError for sizes and frame counts that do not fit together (names the input and the fix)."""
     check_output_size(settings.width, settings.height)
-    check_pose_frames(cond.pose_frames)
+    check_scheduler(settings.scheduler)
+    if isinstance(cond.pose_frames, (torch.Tensor, np.ndarray)):
+        check_pose_frames(cond.pose_frames)
     frames = cond.frames
     if cond.masks.frames != frames:
         raise InputError("masks", f"the motion masks have {cond.masks.frames} frames but the pose has {frames}",
@@ -199,7 +276,7 @@ class VideoDenoiser:
     run leaves nothing behind.
     """
 
-    def __init__(self, net: nn.Module, cond: VideoConditioning, settings: SamplingSettings,
+    def __init__(self, net: nn.Module, cond: VideoConditioning, settings: VideoSettings,
                  reference: Optional[ReferenceKV] = None) -> None:
         check_conditioning(cond, settings)
         self.windows = context_windows(cond.frames, settings.context_frames, settings.context_overlap,
@@ -213,11 +290,17 @@ class VideoDenoiser:
         """Guided prediction (1, 4, T, h, w) float32: CFG per window, per-frame weighted blend of the windows."""
         guided = torch.zeros_like(latents, dtype=torch.float32)
         weight_sum = torch.zeros(self.frames)
-        with torch.no_grad():
-            for window in self.windows:
+        # the next window's pose frames and masks are drawn on a helper thread while this window runs on the
+        # model, so drawing per window (instead of holding them for the whole video) costs no wall time on a GPU
+        with torch.no_grad(), ThreadPoolExecutor(max_workers=1) as drawer:
+            upcoming = drawer.submit(self._window.prepare, self.windows[0])
+            for index, window in enumerate(self.windows):
                 if check_cancel is not None:
                     check_cancel()
-                _accumulate(guided, weight_sum, window, self._window(latents, timestep, window))
+                prepared = upcoming.result()
+                if index + 1 < len(self.windows):
+                    upcoming = drawer.submit(self._window.prepare, self.windows[index + 1])
+                _accumulate(guided, weight_sum, window, self._window(latents, timestep, window, prepared))
                 if window_done is not None:
                     window_done()
         return guided / weight_sum.view(1, 1, -1, 1, 1)
@@ -226,7 +309,7 @@ class VideoDenoiser:
 def sample_latents(
     net: nn.Module,
     cond: VideoConditioning,
-    settings: Optional[SamplingSettings] = None,
+    settings: Optional[VideoSettings] = None,
     generator: Optional[torch.Generator] = None,
     latents: Optional[torch.Tensor] = None,
     progress: Optional[ProgressFn] = None,
@@ -239,7 +322,7 @@ def sample_latents(
     ``latents`` replaces the initial noise (else drawn from ``generator``). ``progress(done, total)`` is called
     after every window of every step (total = steps x windows); ``check_cancel()`` before every window.
     """
-    settings = settings or SamplingSettings()
+    settings = settings or VideoSettings()
     check_conditioning(cond, settings)
     scheduler = make_scheduler(settings.scheduler)  # fresh per run: nothing carries over from a cancelled run
     timesteps = inference_timesteps(scheduler, settings.steps)
@@ -258,37 +341,18 @@ def sample_latents(
     return latents
 
 
-def generate_video(
-    net: nn.Module,
-    vae: nn.Module,
-    cond: VideoConditioning,
-    settings: Optional[SamplingSettings] = None,
-    generator: Optional[torch.Generator] = None,
-    progress: Optional[ProgressFn] = None,
-    check_cancel: Optional[CancelFn] = None,
-    decode_chunk_frames: int = 4,
-) -> torch.Tensor:
-    """Sample and decode: frames (T, H, W, 3) float32 in [0, 1]; progress counts windows, then decoded frames."""
-    settings = settings or SamplingSettings()
-    sampling_units = sampling_total(cond.frames, settings)
-    grand_total = sampling_units + cond.frames
+@dataclass
+class WindowConditions:
+    """What one context window needs besides the latents: PoseGuider input (1, 3, f, H, W) and branch masks."""
 
-    def sampling_progress(done: int, _total: int) -> None:
-        if progress is not None:
-            progress(done, grand_total)
-
-    def decode_progress(done: int, _total: int) -> None:
-        if progress is not None:
-            progress(sampling_units + done, grand_total)
-
-    latents = sample_latents(net, cond, settings, generator, None, sampling_progress, check_cancel)
-    return decode_latents(vae, latents, decode_chunk_frames, progress=decode_progress, check_cancel=check_cancel)
+    pose: torch.Tensor
+    masks: BranchMasks
 
 
 class _WindowDenoiser:
     """One guided prediction for one context window (CFG batch [uncond; cond] in a single UNet call)."""
 
-    def __init__(self, net: nn.Module, cond: VideoConditioning, settings: SamplingSettings,
+    def __init__(self, net: nn.Module, cond: VideoConditioning, settings: VideoSettings,
                  reference: ReferenceKV) -> None:
         self.net = net
         self.cond = cond
@@ -299,16 +363,25 @@ class _WindowDenoiser:
         embeds = cond.image_embeds.reshape(1, 1, -1).to(self.device, self.dtype)
         self.context = torch.cat([torch.zeros_like(embeds), embeds]) if self.guided else embeds
         self.rows = (False, True) if self.guided else (True,)
+        self.pose = cond.pose
 
-    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, window: ContextWindow) -> torch.Tensor:
+    def prepare(self, window: ContextWindow) -> WindowConditions:
+        """The window's pose frames (PoseGuider input) and branch masks, drawn now (no model call)."""
+        pose = self.pose.window(window.frames, self.settings.width, self.settings.height)
+        return WindowConditions(pose, self.cond.masks.select(window.frames))
+
+    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, window: ContextWindow,
+                 prepared: Optional[WindowConditions] = None) -> torch.Tensor:
         frames = window.frames
         batch = len(self.rows)
+        prepared = prepared or self.prepare(window)
         sample = latents[:, :, frames].to(self.device, self.dtype).expand(batch, -1, -1, -1, -1)
+        pose_dtype, pose_device = module_dtype_device(self.net.pose_guider)
         prediction = self.net.denoising_unet(
             sample, timestep.to(self.device), self.context,
             audio_tokens=self._audio(frames, batch),
-            pose_features=self._pose_features(frames),
-            masks=self.cond.masks.select(frames),
+            pose_features=self.net.pose_guider(prepared.pose.to(pose_device, pose_dtype)),
+            masks=prepared.masks,
             branch_weights=self.settings.branch_weights,
             reference=self.reference,
             reference_rows=self.rows,
@@ -317,11 +390,6 @@ class _WindowDenoiser:
             return prediction
         uncond, conditional = prediction.chunk(2)
         return uncond + self.settings.guidance_scale * (conditional - uncond)
-
-    def _pose_features(self, frames: torch.Tensor) -> torch.Tensor:
-        pose = pose_window(self.cond.pose_frames, frames, self.settings.width, self.settings.height)
-        pose_dtype, pose_device = module_dtype_device(self.net.pose_guider)
-        return self.net.pose_guider(pose.to(pose_device, pose_dtype))
 
     def _audio(self, frames: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
         if self.cond.audio_tokens is None:
@@ -350,7 +418,7 @@ def _accumulate(guided: torch.Tensor, weight_sum: torch.Tensor, window: ContextW
     weight_sum.index_add_(0, window.frames, window.weights)
 
 
-def sampling_total(frames: int, settings: SamplingSettings) -> int:
+def sampling_total(frames: int, settings: VideoSettings) -> int:
     """Progress units of :func:`sample_latents`: steps x windows."""
     return settings.steps * len(context_windows(frames, settings.context_frames, settings.context_overlap,
                                                 settings.context_schedule, "flat"))
