@@ -326,8 +326,10 @@ class SampleVideo:
                 image_embeds=_image_embeds(reference_image, image_encoder, clip_vision))
             pipeline = VideoPipeline(video_net.net, _pick_vae(vae, mmgt_vae, "MMGT Sample Video"))
             managed_vae = [mmgt_vae] if mmgt_vae is not None else []
+            frames = keypoints.num_frames if keypoints is not None else \
+                len(pose_frames) if pose_frames is not None else "no"
             fit = {"stage": "Stage II (MMGT Sample Video)", "lower": "width/height or context_frames",
-                   "workload": f"{width}x{height}, {context_frames}-frame windows",
+                   "workload": f"{width}x{height}, {context_frames}-frame windows ({frames} frames)",
                    "memory_required": stage2_window_bytes(width, height, context_frames, 2, video_net.dtype)}
             with host.compute_with([video_net.handle, *managed_vae], **fit):
                 cond = pipeline.conditioning(inputs, settings)

@@ -170,7 +170,7 @@ def test_every_network_is_loaded_by_comfyui_before_it_computes_and_unloads_and_r
 @pytest.mark.parametrize("failure", ["out_of_memory_loading", "out_of_memory_computing", "cancel_loading"])
 def test_a_run_that_does_not_fit_or_is_cancelled_leaves_no_model_half_moved(managed_host, monkeypatch, failure):
     mm, placement = managed_host["mm"], managed_host["placement"]
-    import nodes.stage2 as stage2
+    import mmgt_core.pipeline as pipeline
     from nodes.common import MMGTNodeError
 
     prompt = twin("mmgt_pose_to_video")
@@ -196,7 +196,7 @@ def test_a_run_that_does_not_fit_or_is_cancelled_leaves_no_model_half_moved(mana
         def no_room(*args, **kwargs):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
-        monkeypatch.setattr(stage2, "sample_latents", no_room)
+        monkeypatch.setattr(pipeline, "sample_latents", no_room)
 
     expected = mm.InterruptProcessingException if failure == "cancel_loading" else MMGTNodeError
     with pytest.raises(expected) as raised:
