@@ -220,9 +220,7 @@ def test_api_twin_runs_and_saves_the_expected_videos(comfyui, name):
             assert audio_length == pytest.approx(audio_seconds, abs=0.1), prefix
         summary.append(f"{matches[0].name}: {decoded} frames @ {fps:g} fps, audio "
                        f"{'none' if audio_length is None else f'{audio_length:.2f} s'}")
-    texts = [text for output in entry["outputs"].values() for text in output.get("text", [])]
-    assert texts and all(texts), "the Preview Any node must show the notes"
-    print(f"\n{name}: success in {seconds:.1f} s; " + "; ".join(summary) + f"; notes: {texts[0][:120]!r}")
+    print(f"\n{name}: success in {seconds:.1f} s; " + "; ".join(summary))
 
 
 def test_model_handles_work_with_the_real_model_management():

@@ -64,7 +64,8 @@ def run_twin(host: dict[str, Any], name: str):
 
 def saved_video(host: dict[str, Any], prefix: str) -> tuple[int, float, float | None]:
     """(decoded frames, fps, audio seconds or None) of what the SaveVideo stub wrote for ``prefix``."""
-    path = Path(host["folder_paths"].get_output_directory()) / f"{prefix}_00001.mp4"
+    folder = Path(host["folder_paths"].get_output_directory())
+    path, = folder.glob(f"{prefix}_00001*.mp4")  # core SaveVideo: name_00001.mp4; MMGT Save Video: name_00001_.mp4
     with av.open(str(path)) as container:
         fps = float(container.streams.video[0].average_rate)
         audio = container.streams.audio[0] if container.streams.audio else None
@@ -99,7 +100,8 @@ def test_converter_skips_frontend_only_values_and_lets_links_replace_widgets(com
     assert converted["12"]["inputs"]["seed"] == 42 and converted["12"]["inputs"]["steps"] == 7
     assert resample["widgets_values"][0] == 30 and converted["7"]["inputs"]["fps_in"] == ["3", 2]
     assert converted["4"]["inputs"] == {"audio": audio["widgets_values"][0]}  # audio player/upload values skipped
-    assert str(nodes[17]["id"]) not in converted and nodes[17]["type"] == "Note"
+    note = next(node for node in workflow["nodes"] if node["type"] == "Note")
+    assert str(note["id"]) not in converted
     del sample["widgets_values"][-1]
     with pytest.raises(ConversionError, match="no stored value for widget .scheduler."):
         convert(workflow, input_types(comfy_host["classes"]))
@@ -130,25 +132,24 @@ def test_ui_workflow_note_names_every_file_it_needs(name):
 
 def test_audio_to_video_renders_one_frame_per_25th_of_a_second_with_the_speech(workflow_host):
     result = run_twin(workflow_host, "mmgt_audio_to_video")
-    frames, fps, audio = result.outputs["16"]
-    assert frames.shape == (SPEECH_FRAMES, 128, 128, 3) and fps == 25.0
-    assert torch.isfinite(frames).all() and frames.std(dim=0).mean() > 0
-    assert audio["waveform"].shape[-1] == round(SPEECH_SECONDS * audio["sample_rate"])
+    video, preview = result.outputs["16"]  # MMGT Save Video: streamed mp4 + preview frames
+    assert video.get_dimensions() == (128, 128) and preview.shape[1:] == (128, 128, 3)
+    assert torch.isfinite(preview).all() and preview.std(dim=0).mean() > 0
     assert saved_video(workflow_host, "mmgt/audio_to_video")[:2] == (SPEECH_FRAMES, 25.0)
     assert saved_video(workflow_host, "mmgt/audio_to_video")[2] == pytest.approx(SPEECH_SECONDS, abs=0.1)
     reference, expected = result.outputs["3"][0].keypoints[0], expected_standin_pose(192, 192)
     seen = expected[:, 2] > 0
     torch.testing.assert_close(reference[seen, :2], expected[seen, :2], atol=0.5, rtol=0)
     assert (reference[~seen, 2] == 0).all()
-    assert result.ui["19"]["text"][0], "the reference-pose notes must be shown"
+    assert result.outputs["3"][1], "the reference pose reports its notes"
 
 
 def test_pose_video_at_30_fps_is_resampled_and_padded_to_the_speech(workflow_host):
     result = run_twin(workflow_host, "mmgt_pose_to_video")
     pose_frames, fps, notes = result.outputs["7"]
     assert pose_frames.shape[0] == SPEECH_FRAMES and fps == 25.0 and "30" in notes
-    frames, video_fps, _ = result.outputs["13"]
-    assert frames.shape == (SPEECH_FRAMES, 128, 128, 3) and video_fps == 25.0
+    video, preview = result.outputs["13"]  # MMGT Save Video
+    assert video.get_dimensions() == (128, 128) and preview.shape[1:] == (128, 128, 3)
     assert saved_video(workflow_host, "mmgt/pose_to_video") == pytest.approx((SPEECH_FRAMES, 25.0, SPEECH_SECONDS),
                                                                              abs=0.1)
 
@@ -200,4 +201,4 @@ def test_video_of_a_person_drives_the_reference_with_its_own_speech(workflow_hos
     assert audio["waveform"].shape[-1] == pytest.approx(speech_frames / 25 * audio["sample_rate"], rel=0.02)
     assert saved_video(workflow_host, "mmgt/video_to_video") == pytest.approx(
         (speech_frames, 25.0, speech_frames / 25), abs=0.1)
-    assert result.ui["19"]["text"][0], "the detection notes must be shown"
+    assert result.outputs["5"][1], "the detection reports its notes"
