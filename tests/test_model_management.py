@@ -164,7 +164,7 @@ def test_every_network_is_loaded_by_comfyui_before_it_computes_and_unloads_and_r
     second = run(prompt, with_cached_loaders(prompt, managed_host["classes"], first.outputs))
     assert managed_host["problems"] == []
     assert len([e for e in mm.LOG if e[0] == "load_models_gpu"]) >= 2 * computed_before
-    torch.testing.assert_close(second.outputs["16"][0], first.outputs["16"][0])  # same seed, same frames
+    torch.testing.assert_close(second.outputs["15"][0].latents, first.outputs["15"][0].latents)  # same seed
 
 
 @pytest.mark.parametrize("failure", ["out_of_memory_loading", "out_of_memory_computing", "cancel_loading"])
@@ -216,8 +216,8 @@ def test_a_run_that_does_not_fit_or_is_cancelled_leaves_no_model_half_moved(mana
 
     monkeypatch.undo()  # the next run, with room and without a cancel, works
     managed_host["problems"].clear()
-    frames, fps, _ = run(prompt, managed_host["classes"]).outputs["13"]
-    assert frames.shape[0] == 40 and fps == 25.0
+    latents = run(prompt, managed_host["classes"]).outputs["12"][0]  # Sample Video
+    assert latents.latents.shape[2] == 40 and latents.fps == 25.0
 
 
 def test_sample_video_also_returns_core_latent_in_the_vae_scale(managed_host):
@@ -263,8 +263,8 @@ def test_an_old_saved_workflow_with_the_removed_widgets_still_runs(managed_host)
         old_api[node_id]["inputs"].update({"device": "auto"} | (
             {"offload": "none"} if old_api[node_id]["class_type"] == "MMGT_LoadVideoNet" else {}))
     assert drop_undeclared_values(old_api, managed_host["classes"]) == from_ui
-    frames, fps, _ = run(with_tiny_overrides(from_ui), managed_host["classes"]).outputs["13"]
-    assert frames.shape[0] == 40 and fps == 25.0
+    latents = run(with_tiny_overrides(from_ui), managed_host["classes"]).outputs["12"][0]  # Sample Video
+    assert latents.latents.shape[2] == 40 and latents.fps == 25.0
 
 
 def test_dtype_auto_follows_the_host_policy_and_an_explicit_choice_wins(managed_host):

@@ -27,12 +27,13 @@ def test_ten_seconds_of_speech_render_250_frames_at_448x256_with_sound(comfy_hos
 
     keypoints = result.outputs["7"][0]
     assert keypoints.num_frames == 250
-    frames, fps, audio = result.outputs["16"]
-    assert frames.shape == (250, 256, 448, 3) and fps == 25.0
-    assert torch.isfinite(frames).all() and 0 <= frames.min() and frames.max() <= 1
-    assert frames.std(dim=0).mean() > 0, "frames must not all be identical"
-    assert audio["waveform"].shape[-1] == 10 * audio["sample_rate"], "the driving audio, cut to the video length"
-    saved = Path(folder_paths.get_output_directory()) / "mmgt" / "audio_to_video_00001.mp4"
+    video, preview = result.outputs["16"]  # MMGT Save Video: decoded and written chunk by chunk
+    assert video.get_dimensions() == (448, 256) and preview.shape[1:] == (256, 448, 3)
+    assert torch.isfinite(preview).all() and 0 <= preview.min() and preview.max() <= 1
+    assert preview.std(dim=0).mean() > 0, "frames must not all be identical"
+    saved = Path(video.get_stream_source())
+    assert saved.parent == Path(folder_paths.get_output_directory()) / "mmgt"
     with av.open(str(saved)) as container:
-        assert len(container.streams.audio) == 1
+        audio = container.streams.audio[0]
+        assert abs(float(audio.duration * audio.time_base) - 10.0) < 0.07, "the driving audio, cut to the video"
         assert sum(1 for _ in container.decode(video=0)) == 250
