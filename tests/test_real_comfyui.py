@@ -85,7 +85,8 @@ class ComfyServer:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}  # it slows start-up 2x
         command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-                   "--port", str(self.port), "--disable-auto-launch", "--base-directory", str(self.base)]
+                   "--port", str(self.port), "--disable-auto-launch", "--base-directory", str(self.base),
+                   "--verbose", "DEBUG"]  # DEBUG: ComfyUI logs each model it unloads
         started = time.monotonic()
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(command, cwd=COMFYUI_PATH, env=env, stdout=log,
@@ -129,6 +130,12 @@ class ComfyServer:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
             pytest.fail(f"POST /prompt was refused ({error.code}): {error.read().decode(errors='replace')}")
+
+    def post(self, path: str, data: dict[str, Any]) -> None:
+        request = urllib.request.Request(self.url + path, data=json.dumps(data).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30):
+            pass
 
     def wait_for_history(self, prompt_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + PROMPT_TIMEOUT_S
@@ -221,6 +228,25 @@ def test_api_twin_runs_and_saves_the_expected_videos(comfyui, name):
         summary.append(f"{matches[0].name}: {decoded} frames @ {fps:g} fps, audio "
                        f"{'none' if audio_length is None else f'{audio_length:.2f} s'}")
     print(f"\n{name}: success in {seconds:.1f} s; " + "; ".join(summary))
+
+
+STAGE2_NETWORKS = {"MMGT_VideoNet", "MMGT_AutoencoderKL", "MMGT_CLIPVisionModelWithProjection", "MMGT_Wav2Vec2Model"}
+
+
+def test_our_models_are_loaded_by_comfyui_and_unload_models_frees_them(comfyui):
+    answer = comfyui.post_prompt(with_tiny_overrides(load_twin("mmgt_audio_to_video")))
+    assert comfyui.wait_for_history(answer["prompt_id"])["status"]["status_str"] == "success"
+    requested = {line.split("Requested to load ")[1].strip() for line in comfyui.log().splitlines()
+                 if "Requested to load MMGT_" in line}
+    assert STAGE2_NETWORKS | {"MMGT_GestureDecoder", "MMGT_WavLMModel"} <= requested, requested
+    already_unloaded = comfyui.log().count("Unloading MMGT_")
+    comfyui.post("/free", {"unload_models": True})  # what the UI's "Unload models" sends
+    deadline, unloaded = time.monotonic() + 60, set()
+    while time.monotonic() < deadline and not STAGE2_NETWORKS <= unloaded:
+        time.sleep(0.5)
+        lines = [line for line in comfyui.log().splitlines() if "Unloading MMGT_" in line][already_unloaded:]
+        unloaded = {line.split("Unloading ")[1].strip() for line in lines}
+    assert STAGE2_NETWORKS <= unloaded, f"unloaded after POST /free: {sorted(unloaded)}"
 
 
 def test_model_handles_work_with_the_real_model_management():
