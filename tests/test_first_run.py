@@ -52,6 +52,10 @@ def test_a_missing_package_is_named_by_its_pip_name(comfy_host, monkeypatch, cap
         return name == "nodes" or name.startswith(("nodes.", "mmgt_core."))
 
     for name in [n for n in sys.modules if ours(n)]:
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules and getattr(sys.modules[parent], child, None) is sys.modules[name]:
+            # the fresh import below rebinds the package attribute too; put the original back after the test
+            monkeypatch.setattr(sys.modules[parent], child, sys.modules[name])
         monkeypatch.delitem(sys.modules, name)  # restored after the test
     before = set(sys.modules)
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ModuleNotFoundError(name="cv2")
