@@ -43,6 +43,7 @@ def validate_number(node_class: type, name: str, value: Any, multiple_of: int = 
     return True
 
 
-def first_problem(*results: ValidationResult) -> ValidationResult:
-    """The first message among several checks, or True when all passed."""
-    return next((result for result in results if result is not True), True)
+def all_problems(*results: ValidationResult) -> ValidationResult:
+    """Every failing check's message in one string (ComfyUI shows it once per input named), or True."""
+    messages = [result for result in results if result is not True]
+    return " | ".join(messages) if messages else True

@@ -22,7 +22,7 @@ from mmgt_core.smga.model import GestureDecoder, load_smga
 
 from . import host
 from .common import image_to_uint8_frames, node_errors
-from .model_files import choices, first_problem, validate_file
+from .model_files import all_problems, choices, validate_file
 from .pose import KEYPOINTS_INPUT, KEYPOINTS_TYPE
 
 SMGA_TYPE = "MMGT_SMGA"
@@ -190,7 +190,7 @@ class ReferencePose:
             return f"backend '{backend}' is not one of auto, dwpose, mediapipe."
         if backend == "mediapipe":
             return True
-        dwpose = first_problem(validate_file("dwpose_det", detector), validate_file("dwpose_pose", pose_model))
+        dwpose = all_problems(validate_file("dwpose_det", detector), validate_file("dwpose_pose", pose_model))
         if backend == "auto" and dwpose is not True and importlib.util.find_spec("mediapipe") is not None:
             return True  # auto falls back to MediaPipe
         return dwpose

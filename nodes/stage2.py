@@ -26,7 +26,7 @@ from mmgt_core.video.settings import RELEASED, VideoSettings
 
 from . import host
 from .common import node_errors
-from .model_files import choices, first_problem, validate_file, validate_number
+from .model_files import all_problems, choices, validate_file, validate_number
 from .pose import KEYPOINTS_TYPE
 from .stage1 import DTYPE_INPUT, LOGGER, audio_to_mono
 
@@ -298,7 +298,7 @@ class SampleVideo:
 
     @classmethod
     def VALIDATE_INPUTS(cls, width: int | None = None, height: int | None = None) -> bool | str:
-        return first_problem(validate_number(cls, "width", width, multiple_of=64),
+        return all_problems(validate_number(cls, "width", width, multiple_of=64),
                              validate_number(cls, "height", height, multiple_of=64))
 
     def sample(self, video_net: LoadedVideoNet, reference_image: torch.Tensor,

@@ -13,6 +13,7 @@ from mmgt_core.pose_detect.track import DEFAULT_MAX_GAP
 
 from . import host
 from .common import image_to_uint8_frames, node_errors
+from .model_files import all_problems, choices, validate_file
 from .pose import KEYPOINTS_TYPE
 
 CATEGORY = "MMGT/pose"
@@ -39,18 +40,20 @@ class DetectKeypoints:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        onnx_files = [f for f in host.list_model_files() if f.endswith(".onnx")]
         return {"required": {
             "images": ("IMAGE", {"tooltip": "The frames of a video of a person, e.g. from Get Video Components."}),
             "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
                               "tooltip": "Frame rate of the video (connect Get Video Components' fps)."}),
-            "detector": (["dwpose/yolox_l.onnx", *onnx_files], {"tooltip": "DWPose person detector (yolox_l.onnx)."}),
-            "pose_model": (["dwpose/dw-ll_ucoco_384.onnx", *onnx_files],
-                           {"tooltip": "DWPose whole-body model (dw-ll_ucoco_384.onnx)."}),
+            "detector": (choices("dwpose_det"), {"tooltip": "DWPose person detector (yolox_l.onnx)."}),
+            "pose_model": (choices("dwpose_pose"), {"tooltip": "DWPose whole-body model (dw-ll_ucoco_384.onnx)."}),
             "max_gap_frames": ("INT", {"default": DEFAULT_MAX_GAP, "min": 0, "max": 1000,
                                        "tooltip": "Longest run of frames without the person that is filled by "
                                                   "interpolation; a longer one stops with the frame range."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, detector: str | None = None, pose_model: str | None = None) -> bool | str:
+        return all_problems(validate_file("dwpose_det", detector), validate_file("dwpose_pose", pose_model))
 
     def detect(self, images: torch.Tensor, fps: float, detector: str, pose_model: str,
                max_gap_frames: int) -> tuple[PoseSequence, str]:

@@ -81,6 +81,15 @@ def test_an_empty_models_folder_shows_missing_entries_and_fails_validation(comfy
     assert (auto is True) == (importlib.util.find_spec("mediapipe") is not None)
 
 
+@pytest.mark.parametrize("node", ["MMGT_ReferencePose", "MMGT_DetectKeypoints"])
+def test_both_missing_dwpose_files_are_named_not_only_the_first(comfy_host, node):
+    _models(comfy_host)
+    message = comfy_host["classes"][node].VALIDATE_INPUTS(
+        detector="dwpose/yolox_l.onnx", pose_model="dwpose/dw-ll_ucoco_384.onnx",
+        **({"backend": "dwpose"} if node == "MMGT_ReferencePose" else {}))
+    assert isinstance(message, str) and "yolox_l.onnx" in message and "dw-ll_ucoco_384.onnx" in message, message
+
+
 def test_a_file_of_another_component_is_not_listed_and_fails_validation(comfy_host, fixtures_dir):
     models = _models(comfy_host)
     _install(models, fixtures_dir)
