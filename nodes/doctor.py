@@ -13,7 +13,8 @@ from . import host
 class Doctor:
     DESCRIPTION = ("Shows what `python -m mmgt_core doctor` prints: installed packages, every model file each mode "
                    "needs (found, or missing with where it goes, its size and source) and which modes are ready. "
-                   "Queue it alone; it loads no model.")
+                   "Queue it alone; it loads no model. Connect Preview Any to its output to read the table in the "
+                   "graph (it is printed to the console too).")
     CATEGORY = "MMGT/loaders"
     FUNCTION = "check"
     OUTPUT_NODE = True
@@ -33,6 +34,7 @@ class Doctor:
         text = "\n\n".join(install_report(Path(folder)) for folder in folders[:1])
         if len(folders) > 1:
             text += "\n\nOther MMGT model folders searched: " + ", ".join(str(f) for f in folders[1:])
+        print(f"[MMGT Doctor]\n{text}")
         return {"ui": {"text": [text]}, "result": (text,)}
 
 

@@ -16,7 +16,8 @@ class DownloadModels:
     DESCRIPTION = ("Downloads the model files the chosen mode needs that are missing from models/mmgt, from their "
                    "public Hugging Face sources (resumable, size and sha256 checked, each file put in place whole). "
                    "Runs only when you queue it; press R afterwards so the loaders list the new files. Files that "
-                   "are not on the hub are listed with where to get them.")
+                   "are not on the hub are listed with where to get them. The report also goes to the console; connect "
+                   "Preview Any to its output to read it in the graph.")
     CATEGORY = "MMGT/loaders"
     FUNCTION = "download"
     OUTPUT_NODE = True
