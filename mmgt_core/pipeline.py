@@ -140,21 +140,3 @@ class VideoPipeline:
         if not decoding:
             return VideoResult(latents)
         return VideoResult(latents, self.decode(latents, settings, decode_progress, check_cancel))
-
-
-def decoded_frames_bytes(frames: int, width: int, height: int) -> int:
-    """Memory of a decoded float32 IMAGE batch (T, H, W, 3) - what a whole-video decode allocates at once."""
-    return int(frames) * int(width) * int(height) * 3 * 4
-
-
-
-def available_memory_bytes() -> Optional[int]:
-    """Memory the OS can still give this process (Linux ``MemAvailable``), or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None

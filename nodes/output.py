@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import av
 import torch
@@ -84,15 +84,6 @@ def _preview_indices(count: int, wanted: int = PREVIEW_FRAMES) -> list[int]:
     return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)})
 
 
-def _driving_audio(latents: VideoLatents) -> tuple[Optional[torch.Tensor], int]:
-    """The AUDIO dict's first clip as (channels, samples), and its rate; (None, 16000) without audio."""
-    if latents.audio is None:
-        return None, 16000
-    waveform = latents.audio["waveform"]
-    waveform = waveform[0] if waveform.ndim == 3 else waveform.reshape(-1, waveform.shape[-1])
-    return waveform, int(latents.audio["sample_rate"])
-
-
 class SaveVideo:
     DESCRIPTION = ("Decodes MMGT video latents a few frames at a time and streams them straight into an H.264 mp4 "
                    "with the driving audio (AAC, first sample on the first frame), so memory does not grow with "
@@ -121,7 +112,7 @@ class SaveVideo:
              vae: Any = None) -> dict[str, Any]:
         with node_errors(NODE_NAME):
             path, name, subfolder = next_output_file(filename_prefix, host.output_directory())
-            wave, rate = _driving_audio(latents)
+            wave, rate = latents.driving_audio()
             count = output_frame_count(int(latents.latents.shape[2]), None if wave is None else wave.shape[-1],
                                        rate, latents.fps)
             wanted = _preview_indices(count)

@@ -14,8 +14,15 @@ from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.wav2vec import load_wav2vec2, wav2vec2_features
 from mmgt_core.errors import InputError
 from mmgt_core.keypoints import PoseSequence
-from mmgt_core.memory import ENCODER_WORKING_BYTES, decode_chunk_that_fits, stage2_window_bytes, vae_decode_bytes
-from mmgt_core.pipeline import VideoInputs, VideoPipeline, available_memory_bytes, decoded_frames_bytes
+from mmgt_core.memory import (
+    ENCODER_WORKING_BYTES,
+    available_memory_bytes,
+    decode_chunk_that_fits,
+    decoded_frames_bytes,
+    stage2_window_bytes,
+    vae_decode_bytes,
+)
+from mmgt_core.pipeline import VideoInputs, VideoPipeline
 from mmgt_core.timeline import trim_audio
 from mmgt_core.video.conditioning import MASK_MODES, clip_image_embeds, load_clip_image_encoder
 from mmgt_core.video.context import SCHEDULES
@@ -37,6 +44,7 @@ IMAGE_ENCODER_TYPE = "MMGT_IMAGE_ENCODER"
 WAV2VEC_TYPE = "MMGT_WAV2VEC2"
 STAGE2_AUDIO_TYPE = "MMGT_STAGE2_AUDIO"
 LATENTS_TYPE = "MMGT_LATENTS"
+SILENT_AUDIO_RATE = 16000  # the sample rate of the silent track a pose-only video gets
 
 
 @dataclass
@@ -69,6 +77,14 @@ class VideoLatents:
     latents: torch.Tensor  # (1, 4, T, H/8, W/8)
     fps: float
     audio: Optional[dict[str, Any]] = None  # the driving clip, muxed into the output video
+
+    def driving_audio(self) -> tuple[Optional[torch.Tensor], int]:
+        """The AUDIO dict's first clip as (channels, samples) and its rate; (None, SILENT_AUDIO_RATE) without."""
+        if self.audio is None:
+            return None, SILENT_AUDIO_RATE
+        waveform = self.audio["waveform"]
+        waveform = waveform[0] if waveform.ndim == 3 else waveform.reshape(-1, waveform.shape[-1])
+        return waveform, int(self.audio["sample_rate"])
 
 
 class LoadVideoNet:
@@ -416,13 +432,10 @@ def core_latent(latents: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _audio_for(latents: VideoLatents, frames: int) -> dict[str, Any]:
     """The driving audio cut or padded to exactly the video's duration (silence when there was none)."""
-    if latents.audio is None:
-        rate = 16000
+    waveform, rate = latents.driving_audio()
+    if waveform is None:
         return {"waveform": torch.zeros(1, 1, round(frames / latents.fps * rate)), "sample_rate": rate}
-    waveform = latents.audio["waveform"]
-    waveform = waveform if waveform.ndim == 3 else waveform.reshape(1, -1, waveform.shape[-1])
-    rate = int(latents.audio["sample_rate"])
-    return {"waveform": trim_audio(waveform.float(), rate, frames, latents.fps), "sample_rate": rate}
+    return {"waveform": trim_audio(waveform[None].float(), rate, frames, latents.fps), "sample_rate": rate}
 
 
 NODE_CLASS_MAPPINGS = {
