@@ -67,7 +67,7 @@ def test_every_declared_package_is_imported_and_every_third_party_import_is_decl
     ("2.4.6", ">=1.24", True), ("1.23.5", ">=1.24", False), ("2.13.0+cpu", ">=2.1", True),
     ("0.10.2.post1", ">=0.10.2", True), ("1.26.4", ">=1.24,<2", True), ("2.0.0", ">=1.24,<2", False),
     ("0.10.21", "==0.10.21", True), ("9.9", "", True)])
-def test_version_ranges(version, spec, expected):
+def test_version_in_range_handles_bounds_local_tags_and_an_empty_spec(version, spec, expected):
     assert version_in_range(version, spec) is expected
 
 

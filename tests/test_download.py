@@ -127,7 +127,7 @@ def test_verify_checks_git_sha1_of_small_files(tmp_path):
     assert "size" in download.verify(path, 3, etag_of(file))
 
 
-def test_cli_download_and_the_node(hub, tmp_path, monkeypatch, capsys, comfy_host):
+def test_cli_and_node_download_the_missing_files_of_their_mode(hub, tmp_path, monkeypatch, capsys, comfy_host):
     from mmgt_core.__main__ import main
 
     models = tmp_path / "cli"

@@ -110,7 +110,7 @@ def _speech_like(seconds: float, rate: int = 16000, silent_from: float | None = 
     return wave
 
 
-def test_audio_notices_follow_the_audio_policy():
+def test_audio_notices_flag_short_stage1_audio_and_silence():
     from mmgt_core.audio.notices import audio_notices, silent_share
 
     assert audio_notices(_speech_like(4.0), 16000, "I") == []

@@ -160,7 +160,7 @@ def test_smoothing_out_of_range_is_refused(strength):
         smoothing_window(strength)
 
 
-def test_node_validation_messages_and_run(comfy_host):
+def test_node_refuses_out_of_range_settings_and_gates_the_lips_only_with_speech(comfy_host):
     node = comfy_host["classes"]["MMGT_MotionControls"]
     assert node.VALIDATE_INPUTS(body_amplitude=1.0, smoothing=0.5) is True
     assert "body_amplitude" in node.VALIDATE_INPUTS(body_amplitude=0.0)

@@ -99,7 +99,7 @@ def test_someone_else_standing_elsewhere_does_not_fill_in_for_the_person_who_lef
         detect_video_keypoints(frames_with(people), RectangleEstimator(), 25.0, max_gap=3)
 
 
-def test_no_person_at_all_and_cancel():
+def test_no_person_in_any_frame_is_an_error_and_cancel_stops_at_the_check():
     with pytest.raises(InputError, match="no person"):
         detect_video_keypoints(frames_with([[], []]), RectangleEstimator(), 25.0)
 
@@ -115,7 +115,7 @@ def test_no_person_at_all_and_cancel():
     assert len(calls) == 3
 
 
-def test_tracker_and_gap_helpers():
+def test_tracker_prefers_overlap_to_size_and_gaps_are_found_and_interpolated():
     tracker = PersonTracker()
     assert tracker.choose(np.array([[0, 0, 10, 10], [100, 100, 200, 200]])) == 1  # largest first
     assert tracker.choose(np.array([[0, 0, 300, 300], [105, 100, 205, 200]])) == 1  # overlap beats size

@@ -249,7 +249,7 @@ def test_our_models_are_loaded_by_comfyui_and_unload_models_frees_them(comfyui):
     assert STAGE2_NETWORKS <= unloaded, f"unloaded after POST /free: {sorted(unloaded)}"
 
 
-def test_model_handles_work_with_the_real_model_management():
+def test_model_handles_load_and_unload_through_the_real_model_management():
     """nodes/host.py's handles with the checkout's own model patcher and load_models_gpu / unload_all_models."""
     script = Path(__file__).resolve().parent / "real_host_model_management.py"
     env = {**os.environ, "PYTHONPATH": COMFYUI_PATH}

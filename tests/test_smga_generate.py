@@ -37,7 +37,8 @@ def twenty_seconds(model: GestureDecoder) -> torch.Tensor:
     return generate(model, 500, seed=3)
 
 
-def test_500_frames_shape_and_determinism(model: GestureDecoder, twenty_seconds: torch.Tensor) -> None:
+def test_500_frames_start_at_the_reference_and_depend_only_on_the_seed(model: GestureDecoder,
+                                                                        twenty_seconds: torch.Tensor) -> None:
     assert twenty_seconds.shape == (500, 402)
     assert torch.isfinite(twenty_seconds).all()
     assert torch.equal(twenty_seconds[0], REFERENCE)  # official assembly: frame 0 is the reference pose
@@ -65,18 +66,18 @@ def test_windows_cover_every_frame() -> None:
 
 
 @pytest.mark.parametrize("frames", [1, 37, 81])
-def test_short_and_odd_lengths(model: GestureDecoder, frames: int) -> None:
+def test_short_and_odd_lengths_keep_their_length_and_start_at_the_reference(model: GestureDecoder, frames: int) -> None:
     poses = generate(model, frames, seed=1, steps=2)
     assert poses.shape == (frames, 402) and torch.equal(poses[0], REFERENCE)
 
 
-def test_best_of_and_official_smoothing(model: GestureDecoder) -> None:
+def test_best_of_with_official_smoothing_is_deterministic(model: GestureDecoder) -> None:
     poses = generate(model, 200, seed=2, steps=3, best_of=3, smooth="official")
     assert poses.shape == (200, 402) and torch.isfinite(poses).all()
     assert torch.equal(poses, generate(model, 200, seed=2, steps=3, best_of=3, smooth="official"))
 
 
-def test_progress_and_cancel(model: GestureDecoder) -> None:
+def test_progress_counts_every_diffusion_step_and_cancel_stops_the_run(model: GestureDecoder) -> None:
     calls: list[tuple[int, int]] = []
     generate(model, 150, seed=0, steps=3, progress=lambda step, total: calls.append((step, total)))
     total = total_diffusion_steps(150, 3)
@@ -94,7 +95,7 @@ def test_progress_and_cancel(model: GestureDecoder) -> None:
     assert len(checks) == 4
 
 
-def test_bf16_weights_and_bf16_autocast(model: GestureDecoder) -> None:
+def test_bf16_weights_and_autocast_stay_close_to_fp32_and_fp16_is_refused(model: GestureDecoder) -> None:
     full = generate(model, 90, seed=5, steps=3)
     autocast = generate(model, 90, seed=5, steps=3, dtype=torch.bfloat16)
     bf16_model = GestureDecoder(TINY_TEST_CONFIG).eval()

@@ -75,7 +75,7 @@ def test_full_size_keys_and_shapes_match_manifest() -> None:
     assert sum(p.numel() for p in model.parameters()) == 90_034_066
 
 
-def test_full_size_recipe_weights_and_forward(forward_io: dict[str, torch.Tensor]) -> None:
+def test_full_size_recipe_weights_and_forward_match_official(forward_io: dict[str, torch.Tensor]) -> None:
     """Regenerate the 90M-parameter weights bit for bit (sha256 manifest) and compare full_forward_io."""
     model = GestureDecoder(SMGAConfig()).eval()
     init_weights_recipe(model, 1011, RECIPE_OVERRIDES)
@@ -93,7 +93,8 @@ def test_full_size_recipe_weights_and_forward(forward_io: dict[str, torch.Tensor
     torch.testing.assert_close(guided, expected["out_guided_w2"], atol=1e-4, rtol=0)
 
 
-def test_tiny_forward_conditional_unconditional_guided(tiny: GestureDecoder, forward_io: dict) -> None:
+def test_tiny_conditional_unconditional_and_guided_forwards_match_official(tiny: GestureDecoder,
+                                                                           forward_io: dict) -> None:
     x, frame, cond, t = (forward_io[k] for k in ("x_t", "cond_frame", "cond", "t"))
     with torch.no_grad():
         kept = tiny(x, frame, cond, t, cond_keep=torch.ones(2, dtype=torch.bool))
@@ -108,7 +109,7 @@ def test_tiny_forward_conditional_unconditional_guided(tiny: GestureDecoder, for
         torch.testing.assert_close(fast, forward_io["out_guided_w2"][row:row + 1], atol=1e-5, rtol=0)
 
 
-def test_tiny_forward_intermediates(tiny: GestureDecoder, forward_io: dict) -> None:
+def test_tiny_forward_intermediates_match_official(tiny: GestureDecoder, forward_io: dict) -> None:
     expected = fixture("tiny_forward_intermediates_drop0.safetensors")
     captured: dict[str, list[torch.Tensor]] = {}
 
@@ -150,7 +151,7 @@ def test_ddim_timesteps_match_official() -> None:
     assert ddim_timesteps(50) == info["ddim"]["times"]
 
 
-def test_one_ddim_step(tiny: GestureDecoder, forward_io: dict) -> None:
+def test_one_guided_ddim_step_matches_official(tiny: GestureDecoder, forward_io: dict) -> None:
     step = fixture("ddim_step.safetensors")
     t, t_next = int(step["t"]), int(step["t_next"])
     context = tiny.prepare_guidance(forward_io["cond_frame"][:1], forward_io["cond"][:1], 2.0)
@@ -161,14 +162,14 @@ def test_one_ddim_step(tiny: GestureDecoder, forward_io: dict) -> None:
     torch.testing.assert_close(x_next, step["x_next"], atol=1e-5, rtol=0)
 
 
-def test_full_50_step_sample_with_seeded_generator(tiny: GestureDecoder, forward_io: dict) -> None:
+def test_full_50_step_sample_with_seeded_generator_matches_official(tiny: GestureDecoder, forward_io: dict) -> None:
     """Official: torch.manual_seed(1004) then global randn; ours: a CPU Generator seeded 1004."""
     generator = torch.Generator().manual_seed(1004)
     sample = ddim_sample(tiny, forward_io["cond_frame"][:1], forward_io["cond"][:1], generator)
     torch.testing.assert_close(sample, fixture("ddim_full_sample.safetensors")["sample"], atol=1e-4, rtol=0)
 
 
-def test_p_losses_with_injected_noise_and_keep_mask(tiny: GestureDecoder, forward_io: dict) -> None:
+def test_p_losses_with_injected_noise_and_keep_mask_match_official(tiny: GestureDecoder, forward_io: dict) -> None:
     data = fixture("p_losses.safetensors")
     total, parts = p_losses(tiny, cosine_schedule(), data["x_start"], data["x_start"][:, 0], forward_io["cond"],
                             data["t"], noise=data["noise"], cond_keep=data["keep_mask"])
@@ -176,7 +177,7 @@ def test_p_losses_with_injected_noise_and_keep_mask(tiny: GestureDecoder, forwar
     torch.testing.assert_close(total.detach().reshape(1), data["loss_total"], atol=1e-6, rtol=1e-6)
 
 
-def test_stage1_assembly_and_spline_smoothing(tiny: GestureDecoder, forward_io: dict) -> None:
+def test_stage1_assembly_and_spline_smoothing_match_official(tiny: GestureDecoder, forward_io: dict) -> None:
     expected = fixture("stage1_assembly.safetensors")
     sample = fixture("ddim_full_sample.safetensors")["sample"][0]
     assembled = official_assembly(expected["init_feature"], sample)

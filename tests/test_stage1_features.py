@@ -96,7 +96,7 @@ def test_start_bpm_reproduces_the_official_fallback(speech, audio_dir):
     assert official_start_bpm(wave, rate) == pytest.approx(expected, rel=1e-9)
 
 
-def test_edge_any_length_and_silence(speech):
+def test_edge_features_fit_odd_lengths_and_silence_has_no_onsets_or_beats(speech):
     wave, rate = speech
     odd = wave[:32321]
     features = edge_features(odd, rate).numpy()
@@ -170,7 +170,7 @@ def test_other_wavlm_sources_give_the_same_features(tmp_path, audio_dir, speech,
         load_wavlm(audio_dir / "wavlm_tiny" / "WavLM-tiny_model.safetensors")
 
 
-def test_bf16_on_cpu_stays_close(audio_dir, speech, official_wavlm):
+def test_wavlm_bf16_on_cpu_stays_close_to_official(audio_dir, speech, official_wavlm):
     """bf16 precision only (~0.05 here); without the positional-conv float32 workaround the error is ~2.5."""
     encoder = load_wavlm(audio_dir / "wavlm_tiny" / "WavLM-tiny.pt", dtype=torch.bfloat16)
     feats = wavlm_features(encoder, speech[0])
@@ -216,7 +216,7 @@ def test_stage1_concatenates_wavlm_then_edge(tiny_wavlm, speech, official_wavlm,
     assert steps[-1] == (2, 2) and len(cancels) >= 2
 
 
-def test_stage1_any_rate_and_length(tiny_wavlm, speech):
+def test_stage1_resamples_44k_stereo_to_one_row_per_video_frame(tiny_wavlm, speech):
     wave, rate = speech
     stereo44 = torch.from_numpy(np.stack([resample(wave[:30000], rate, 44100).numpy()] * 2))[None]
     features = stage1_features(stereo44, 44100, tiny_wavlm)

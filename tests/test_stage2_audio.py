@@ -96,7 +96,7 @@ def test_chunked_cnn_is_exact(tiny_wav2vec, speech) -> None:
     torch.testing.assert_close(chunked, whole, atol=5e-5, rtol=0)
 
 
-def test_windowed_transformer_for_long_audio(tiny_wav2vec, speech) -> None:
+def test_windowed_transformer_on_long_audio_stays_close_to_the_whole_clip(tiny_wav2vec, speech) -> None:
     long_wave = np.concatenate([speech] * 3)  # 9.6 s -> 240 frames
     whole, frames = wav2vec2_features(tiny_wav2vec, long_wave, 16000)
     same, _ = wav2vec2_features(tiny_wav2vec, long_wave, 16000,
@@ -128,7 +128,7 @@ def test_audioproj_fixture_windows_match(fixtures_dir: Path, official) -> None:
     torch.testing.assert_close(audio_context_windows(official["audio_emb_noclip"]), stored, atol=0, rtol=0)
 
 
-def test_frame_count_rule() -> None:
+def test_frame_count_rounds_up_to_whole_video_frames() -> None:
     assert frame_count(51200) == 80
     assert frame_count(51201) == 81
     assert frame_count(16000 * 7 + 1) == math.ceil((16000 * 7 + 1) / 16000 * 25)

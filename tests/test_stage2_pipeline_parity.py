@@ -88,13 +88,13 @@ def test_inputs_match_official(case: SimpleNamespace) -> None:
     assert torch.equal(noise, case.official["init_latents"])  # bit-exact with the same CPU generator
 
 
-def test_step0_guided_prediction(case: SimpleNamespace, uninterrupted: SimpleNamespace) -> None:
+def test_step0_guided_prediction_matches_official(case: SimpleNamespace, uninterrupted: SimpleNamespace) -> None:
     assert len(uninterrupted.predictions) == 3
     torch.testing.assert_close(uninterrupted.predictions[0], case.official["guided_noise_pred_per_step"][0],
                                atol=STEP0_ATOL, rtol=0)
 
 
-def test_later_steps_from_rebuilt_latents(case: SimpleNamespace) -> None:
+def test_later_steps_from_rebuilt_latents_match_official(case: SimpleNamespace) -> None:
     stored = case.official["guided_noise_pred_per_step"]
     scheduler = make_scheduler()
     timesteps = inference_timesteps(scheduler, case.settings.steps)
@@ -107,7 +107,7 @@ def test_later_steps_from_rebuilt_latents(case: SimpleNamespace) -> None:
                                    msg=lambda text, step=step: f"step {step}: {text}")
 
 
-def test_final_latents_and_video(case: SimpleNamespace, uninterrupted: SimpleNamespace) -> None:
+def test_final_latents_and_video_match_official(case: SimpleNamespace, uninterrupted: SimpleNamespace) -> None:
     torch.testing.assert_close(uninterrupted.latents, case.official["final_latents"], atol=FINAL_ATOL, rtol=0)
     video = decode_latents(case.vae, uninterrupted.latents)  # (T, H, W, 3)
     official_video = case.official["video"][0].permute(1, 2, 3, 0)

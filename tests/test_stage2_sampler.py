@@ -78,7 +78,7 @@ def test_scheduler_matches_official(stage2: Path) -> None:
     torch.testing.assert_close(stepped, official["step_prev_sample"], atol=MODULE_ATOL, rtol=0)
 
 
-def test_pipeline_timesteps_for_three_steps(stage2: Path) -> None:
+def test_three_step_timesteps_match_the_official_pipeline(stage2: Path) -> None:
     info = json.loads((stage2 / "stage2_info.json").read_text())
     assert inference_timesteps(make_scheduler(), 3).tolist() == info["scheduler"]["timesteps_pipeline"]
 
@@ -180,7 +180,7 @@ def test_pose_window_matches_official_lanczos(stage2: Path) -> None:
     torch.testing.assert_close(as_float, official[[1]].permute(3, 0, 1, 2)[None].float() / 255.0)
 
 
-def test_output_size_rule() -> None:
+def test_output_size_must_be_positive_multiples_of_64() -> None:
     check_output_size(512, 768)
     check_output_size(64, 128)
     for width, height in ((500, 512), (512, 0), (96, 64)):
@@ -207,7 +207,7 @@ def test_released_mask_mode_matches_official(fixtures_dir: Path, region_masks) -
         torch.testing.assert_close(masks.full[level], official[f"full_mask_level{level}"], atol=0, rtol=0)
 
 
-def test_paper_and_training_mask_modes() -> None:
+def test_mask_modes_change_only_the_full_branch_and_unknown_modes_are_refused() -> None:
     face = [torch.rand(3, 4, 4) for _ in range(4)]
     lips = [torch.rand(3, 4, 4) for _ in range(4)]
     hands = [torch.rand(3, 4, 4) for _ in range(4)]
@@ -284,7 +284,7 @@ def test_project_audio_uses_clamped_windows(tiny_net: VideoNet, fixtures_dir: Pa
     torch.testing.assert_close(tokens[:6], official["output"][0], atol=MODULE_ATOL, rtol=0)
 
 
-def test_any_aspect_ratio_memory_per_window_and_progress(tiny_net: VideoNet) -> None:
+def test_non_square_sampling_runs_the_pose_guider_per_window_and_reports_each_window(tiny_net: VideoNet) -> None:
     cond = _conditioning(tiny_net, frames=20, width=128, height=64)
     pose_calls: list[int] = []
     handle = tiny_net.pose_guider.register_forward_hook(lambda _m, inputs, _o: pose_calls.append(inputs[0].shape[2]))
@@ -303,7 +303,7 @@ def test_any_aspect_ratio_memory_per_window_and_progress(tiny_net: VideoNet) -> 
     assert len(cancel_checks) >= 4
 
 
-def test_pose_driven_mode_without_audio(tiny_net: VideoNet) -> None:
+def test_pose_driven_sampling_runs_without_audio_tokens(tiny_net: VideoNet) -> None:
     cond = _conditioning(tiny_net, frames=6, width=64, height=64, audio=False)
     latents = sample_latents(tiny_net, cond, SamplingSettings(width=64, height=64, steps=1, guidance_scale=1.0),
                              torch.Generator().manual_seed(0))
@@ -327,7 +327,7 @@ def test_length_and_size_disagreements_raise_input_errors(tiny_net: VideoNet) ->
         sample_latents(tiny_net, cond, SamplingSettings(width=128, height=64, steps=1))
 
 
-def test_cancel_before_any_work(tiny_net: VideoNet) -> None:
+def test_a_cancel_at_the_first_check_stops_sampling(tiny_net: VideoNet) -> None:
     cond = _conditioning(tiny_net, frames=4, width=64, height=64)
 
     def cancel() -> None:
@@ -337,13 +337,13 @@ def test_cancel_before_any_work(tiny_net: VideoNet) -> None:
         sample_latents(tiny_net, cond, SamplingSettings(width=64, height=64, steps=1), check_cancel=cancel)
 
 
-def test_branch_masks_type_is_accepted_by_the_unet(tiny_net: VideoNet) -> None:
+def test_zero_branch_masks_make_the_background_everything(tiny_net: VideoNet) -> None:
     masks = zero_branch_masks(3, 64, 64, mode="paper")
     assert isinstance(masks, BranchMasks)
     torch.testing.assert_close(masks.full[0], torch.ones(3, 64))  # no regions: the background is everything
 
 
-def test_video_bench_runs_on_a_toy_network() -> None:
+def test_video_bench_reports_the_unet_time_relative_to_an_sd15_forward() -> None:
     from mmgt_core.video.bench import run_video_bench
 
     results = run_video_bench(frames=(6,), steps=1, width=128, height=128, compare_fp32=False, repeats=1,
@@ -355,8 +355,8 @@ def test_video_bench_runs_on_a_toy_network() -> None:
     assert run["peak_rss_increase_mib"] >= 0
 
 
-def test_prepare_conditioning_from_user_inputs(tiny_net: VideoNet, tiny_vae, stage2: Path, region_masks,
-                                               fixtures_dir: Path) -> None:
+def test_prepare_conditioning_builds_masks_and_audio_tokens_only_from_given_inputs(
+        tiny_net: VideoNet, tiny_vae, stage2: Path, region_masks, fixtures_dir: Path) -> None:
     from mmgt_core.video.sampler import prepare_conditioning
 
     encoder = load_clip_image_encoder(stage2 / "tiny_image_encoder")

@@ -135,7 +135,8 @@ def test_keypoints_follow_the_reference_cover_crop() -> None:
     torch.testing.assert_close(moved[0, 1], torch.tensor([0.0, 0.0, 1.0]))
 
 
-def test_frame_counts_must_agree(tiny_net, tiny_vae, stage2: Path) -> None:
+def test_disagreeing_frame_counts_a_missing_pose_and_an_unknown_scheduler_are_refused(tiny_net, tiny_vae,
+                                                                                      stage2: Path) -> None:
     pipeline = VideoPipeline(tiny_net, tiny_vae)
     settings = VideoSettings(width=64, height=64, steps=1)
     base = _pipeline_inputs(stage2, 6, (64, 64))

@@ -86,7 +86,7 @@ def test_unweighted_forward_matches_official_eval(net, case):
     torch.testing.assert_close(ones, out, atol=1e-6, rtol=0)
 
 
-def test_conditional_only_bank_and_uncond_rows(net, case):
+def test_a_conditional_only_bank_equals_the_per_row_bank_and_uncond_rows_never_read_it(net, case):
     """A kept conditional bank row (broadcast) equals the official per-row bank; uncond rows never read it."""
     io = case.io
     with torch.no_grad():
@@ -122,7 +122,7 @@ def test_train_mode_and_checkpointing_do_not_change_outputs(net, case):
     torch.testing.assert_close(grad_checkpointed, sample.grad, atol=1e-6, rtol=1e-5)
 
 
-def test_non_square_latents(net):
+def test_non_square_latents_take_spatial_or_flat_masks_and_refuse_mismatched_levels(net):
     torch.manual_seed(0)
     frames, height, width = 3, 16, 24
     levels = [(height >> k, width >> k) for k in range(4)]
