@@ -11,10 +11,6 @@ from safetensors.torch import load_file
 
 from mmgt_core.errors import InputError
 from mmgt_core.keypoints import (
-    FACE,
-    LEFT_HAND,
-    LIPS,
-    RIGHT_HAND,
     PoseSequence,
     denormalize,
     from_official_feature,
@@ -32,11 +28,6 @@ from mmgt_core.keypoints_io import load_keypoints_file, save_keypoints_file
 @pytest.fixture(scope="module")
 def pose_fixture(fixtures_dir):
     return load_file(fixtures_dir / "pose" / "keypoints.safetensors")
-
-
-def test_index_groups_match_the_spec():
-    assert (FACE.start, FACE.stop, LIPS.start, LIPS.stop) == (24, 92, 72, 92)
-    assert (LEFT_HAND.start, RIGHT_HAND.start, RIGHT_HAND.stop) == (92, 113, 134)
 
 
 def test_normalization_matches_official(pose_fixture):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from executor import WorkflowError, load_prompt, run, validate
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.keypoints_io import save_keypoints_file
+from mmgt_core.masks import motion_masks
 
 WORKFLOWS = Path(__file__).parent / "workflows"
 
@@ -59,7 +60,10 @@ def test_pose_workflow_runs_and_produces_frames_and_masks(speaker_input, fixture
     agreement = ((pose_frames * 255).round().to(torch.uint8).numpy() == official).all(-1).mean()
     assert agreement > 0.995
     face_hands, lips, hands, background = result.outputs["4"]
-    assert torch.equal(background, 1 - face_hands) and lips.sum() > 0 and hands.sum() > 0
+    keypoints = PoseSequence(load_file(fixtures_dir / "pose" / "keypoints.safetensors")["keypoints_px"], 512, 512)
+    expected = motion_masks(keypoints)
+    assert torch.equal(lips, expected.lips) and torch.equal(hands, expected.hands)
+    assert torch.equal(face_hands, expected.face_hands) and torch.equal(background, 1 - face_hands)
     assert result.ui["3"]["images"][0]["count"] == 6
     round_trip = result.outputs["9"][0]
     assert (round_trip - pose_frames).abs().max() < 1e-6 or (round_trip != pose_frames).float().mean() < 0.01
@@ -115,7 +119,6 @@ def test_pack_imports_like_comfyui_loads_it(comfy_host):
     try:
         spec.loader.exec_module(module)
         assert set(module.NODE_CLASS_MAPPINGS) == set(comfy_host["nodes"].NODE_CLASS_MAPPINGS)
-        assert len(module.NODE_CLASS_MAPPINGS) >= 20
         assert not module.nodes.SKIPPED_MODULES, module.nodes.SKIPPED_MODULES
         assert not torch.cuda.is_initialized(), "importing the pack must not touch CUDA"
     finally:

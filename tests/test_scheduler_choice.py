@@ -70,5 +70,5 @@ def test_fifteen_solver_steps_land_near_thirty_ddim_steps_on_the_tiny_net(tiny_n
     ddim_15 = relative_distance(run("ddim", 15), reference)
     print(f"relative L2 to 30-step DDIM: 15-step DDIM {ddim_15:.4f}, "
           + ", ".join(f"15-step {k} {v:.4f}" for k, v in distances.items()))
-    assert all(torch.isfinite(torch.tensor(v)) for v in distances.values())
+    assert distances["unipc"] < 0.3  # measured 0.137
     assert distances["dpmpp_2m"] < 0.3  # measured 0.096; unrelated noise would be ≈1.4

@@ -80,13 +80,13 @@ def test_windows_follow_the_official_alignment() -> None:
         assert torch.equal(cond[index, :, 0], frames[start:start + 80])
 
 
-def test_data_folder_pixels_and_errors(tmp_path: Path) -> None:
+def test_data_folder_gives_every_window_normalises_pixel_keypoints_and_refuses_bad_clips(tmp_path: Path) -> None:
     write_clip(tmp_path, "a", 4.0, seed=0)
     pixels = np.full((100, 134, 3), 250.0, dtype=np.float32)  # (T, 134, 3) pixel keypoints are normalised
     np.save(tmp_path / "b.npy", pixels)
     wavfile.write(tmp_path / "b.wav", RATE, np.zeros(4 * RATE, dtype=np.int16))
     dataset = build_dataset(tmp_path, band_energy_features, cache_dir=tmp_path / "cache")
-    assert dataset.feature_dim == 35 and len(dataset) > 0
+    assert dataset.feature_dim == 35 and len(dataset) == 2 * len(window_starts(100, 100)), "every window of a and b"
     assert (tmp_path / "cache" / "a.features.safetensors").is_file()
     wave, rate = read_wav(tmp_path / "a.wav")
     assert rate == RATE and wave.dtype == torch.float32 and wave.abs().max() <= 1
@@ -141,7 +141,8 @@ def test_tiny_smga_learns_hand_height_from_loudness(synthetic_dataset: SMGAWindo
     assert correlation > 0.5, correlation
 
 
-def test_bf16_autocast_step_and_bad_settings(synthetic_dataset: SMGAWindowDataset, tmp_path: Path) -> None:
+def test_bf16_autocast_trains_with_finite_losses_and_bad_settings_are_refused(synthetic_dataset: SMGAWindowDataset,
+                                                                              tmp_path: Path) -> None:
     config = small_config(tmp_path / "bf16", 2, save_every=100)
     config.bf16 = "on"
     result = train_smga(config, synthetic_dataset, log=None)

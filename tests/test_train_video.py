@@ -419,7 +419,8 @@ def test_eight_bit_optimizer_without_bitsandbytes_is_a_clear_error(dataset, fixt
         VideoTrainer(config)
 
 
-def test_step2_initialisation_from_an_animatediff_checkpoint(dataset, fixtures_dir, tmp_path):
+def test_step2_needs_an_init_net_and_takes_motion_modules_from_an_animatediff_checkpoint(dataset, fixtures_dir,
+                                                                                         tmp_path):
     config = train_config(2, dataset["manifest"], tmp_path, fixtures_dir)
     tiny = tiny_net_config(fixtures_dir)
     with pytest.raises(InputError, match="init_net"):
@@ -444,8 +445,6 @@ def test_step2_initialisation_from_an_animatediff_checkpoint(dataset, fixtures_d
 
 def test_config_yaml_round_trip_with_overrides(tmp_path):
     config = TrainVideoConfig.for_step(2, "data/manifest.json", "runs/s2")
-    assert (config.optim.optimizer, config.optim.batch_size, config.data.width) == ("adamw8bit", 1, 512)
-    assert config.diffusion.beta_schedule == "scaled_linear" and config.dropout.audio == 0.05
     path = save_config(config, tmp_path / "config.yaml")
     loaded = load_train_config(path, ["optim.lr=2e-5", "data.crop_scale=[0.8, 1.0]"])
     assert loaded.optim.lr == 2e-5 and loaded.data.crop_scale == (0.8, 1.0)
