@@ -143,11 +143,7 @@ def wav2vec2_features(
 
 
 def encode_frames(model: nn.Module, wave: np.ndarray, seq_len: int, chunking: Wav2VecChunking) -> torch.Tensor:
-    """Every transformer layer's output at ``seq_len`` frames, ``(seq_len, n_layers, hidden)`` float32 on CPU.
-
-    The CNN features (50 Hz) are interpolated linearly (``align_corners=True``) to ``seq_len`` before the feature
-    projection and the transformer, as the official does.
-    """
+    """Steps 3-4 of the module docstring on a normalised 16 kHz waveform: ``(seq_len, n_layers, hidden)`` on CPU."""
     device = next(model.parameters()).device
     with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the HF encoder draws LayerDrop dice from the global RNG
         cnn = cnn_features(model, torch.from_numpy(wave).to(device), chunking.cnn_chunk_frames)  # (1, T50, C)
@@ -166,7 +162,8 @@ def cnn_features(model: nn.Module, wave: torch.Tensor, chunk_frames: int) -> tor
         return encoder(wave[None]).transpose(1, 2)
     receptive, hop = conv_geometry(model.config)
     first = encoder.conv_layers[0]
-    stats = _first_layer_stats(first, wave, chunk_frames * hop) if isinstance(_norm_of(first), nn.GroupNorm) else None
+    group_norm = isinstance(getattr(first, "layer_norm", None), nn.GroupNorm)  # normalises over time: whole-clip stats
+    stats = _first_layer_stats(first, wave, chunk_frames * hop) if group_norm else None
     pieces = []
     for start in range(0, total, chunk_frames):
         stop = min(start + chunk_frames, total)
@@ -244,10 +241,6 @@ def _crossfade_ramp(length: int, overlap: int, first: bool, last: bool) -> torch
         if not last:
             ramp[length - overlap:] = rise.flip(0)
     return ramp
-
-
-def _norm_of(layer: nn.Module) -> Optional[nn.Module]:
-    return getattr(layer, "layer_norm", None)
 
 
 def _first_layer_stats(first: nn.Module, wave: torch.Tensor, chunk_samples: int) -> tuple[torch.Tensor, torch.Tensor]:

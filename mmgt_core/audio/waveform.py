@@ -1,20 +1,17 @@
-"""The audio front end: one clip in, one validated mono float32 waveform at the wanted rate out, and the frame counts.
+"""The audio front end used by Stage I, Stage II, training data and the CLI: layouts, mono, resampling,
+validation, the silence policy and the frame counts, each once.
 
-Every audio path (Stage I, Stage II, training data, the CLI) goes through these functions:
-
-* Layouts (torch or numpy): ``(samples,)``, ``(channels, samples)`` and ComfyUI's ``(1, channels, samples)``;
-  int16/int32/uint8 PCM is scaled to [-1, 1). Channels are averaged to mono (what ``librosa.load(mono=True)`` does).
-* Resampling: soxr at ``soxr_hq`` quality followed by librosa's length fix, so ``resample(x, sr, target)`` is
-  sample-for-sample what ``librosa.load(path, sr=target)`` returns for a file holding ``x`` at ``sr``. The
-  official MMGT code loads every waveform that way, which is why the features match it.
-* Validation (:func:`validate_clip`): a positive rate, finite samples, and at least one video frame (40 ms).
-* Silence: accepted by both stages. An all-zero clip still gets every feature (WavLM and wav2vec2 see zeros after
+* Layouts (torch or numpy): ``(samples,)``, ``(channels, samples)``, ComfyUI's ``(1, channels, samples)``; int16/int32/
+  uint8 PCM is scaled to [-1, 1). Channels are averaged to mono (what ``librosa.load(mono=True)`` does).
+* :func:`resample`: soxr at ``soxr_hq`` then librosa's length fix, sample-for-sample what ``librosa.load(path,
+  sr=target)`` returns; the official MMGT code loads every waveform that way, which is why the features match it.
+* :func:`validate_clip`: a positive rate, finite samples, at least one video frame (40 ms).
+* Silence is accepted by both stages: an all-zero clip still gets every feature (WavLM and wav2vec2 see zeros after
   their whole-clip normalisation, the EDGE onset/beat columns are zero), so gestures and lips follow no speech;
-  :mod:`mmgt_core.audio.notices` tells the user so. :func:`is_silent` detects it.
-* Frame counts, two rules on purpose: :func:`frame_count` is the official ``ceil`` rule for the rows of the Stage-I
-  and Stage-II *features* (and so the frames generated); :func:`video_frame_count` is the round-to-nearest rule for
-  the *written* video (see :mod:`mmgt_core.timeline`), which never exceeds the generated frames.
-  :func:`conv_frames` / :func:`conv_geometry` count the speech encoders' CNN frames.
+  :mod:`mmgt_core.audio.notices` tells the user. :func:`is_silent` detects it.
+* Two frame-count rules, on purpose: :func:`frame_count`, the official ``ceil``, gives the rows of the Stage-I and
+  Stage-II features (the frames generated); :func:`video_frame_count`, round-to-nearest, gives the frames of the
+  written video (:mod:`mmgt_core.timeline`), never more. :func:`conv_frames` counts the speech encoders' CNN frames.
 """
 
 from __future__ import annotations
