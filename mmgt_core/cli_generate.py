@@ -11,13 +11,14 @@ from typing import Any, Optional
 
 import torch
 
+from .audio.waveform import frame_count
 from .errors import InputError, WeightsError
 from .keypoints import PoseSequence
 from .keypoints_io import load_keypoints_file
 from .models_table import MODEL_FILES
 from .pipeline import VideoInputs, VideoPipeline, pose_from_features
 from .pose_align import align_to_reference
-from .timeline import output_frame_count, resample_keypoints, resample_stream, resampled_frame_count, video_frame_count
+from .timeline import output_frame_count, resample_keypoints, resample_stream, resampled_frame_count
 from .video.scheduler import SCHEDULERS
 from .video.settings import RELEASED, VideoSettings
 from .video_io import Mp4Writer, check_output_path, read_audio, read_image, remove_stale_partials
@@ -60,7 +61,7 @@ def _reference_pose(args: argparse.Namespace, image: Any, models: Path) -> PoseS
     return result.to_pose_sequence(FPS)
 
 
-def _stage1_pose(args: argparse.Namespace, mono: torch.Tensor, rate: int, reference: PoseSequence, models: Path,
+def _stage1_pose(args: argparse.Namespace, audio: torch.Tensor, rate: int, reference: PoseSequence, models: Path,
                  device: torch.device, dtype: torch.dtype, timer: Timer) -> PoseSequence:
     from .audio.stage1 import stage1_features
     from .audio.wavlm import load_wavlm
@@ -68,7 +69,7 @@ def _stage1_pose(args: argparse.Namespace, mono: torch.Tensor, rate: int, refere
 
     started = time.perf_counter()
     wavlm = load_wavlm(model_path(models, "wavlm"), device=device, dtype=dtype)
-    features = stage1_features(mono, rate, wavlm, device=device, dtype=dtype)
+    features = stage1_features(audio, rate, wavlm, device=device, dtype=dtype)
     timer.measure("stage-I audio features", started)
     started = time.perf_counter()
     smga = load_smga(str(model_path(models, "smga")), device=device, dtype=dtype)
@@ -123,22 +124,15 @@ def run(args: argparse.Namespace) -> Path:
     check_arguments(args)
     timer = Timer({})
     models = Path(args.models)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    if device.type == "cpu" and dtype == torch.float16:
-        dtype = torch.bfloat16  # fp16 is extremely slow on CPUs
+    device, dtype = _device_and_dtype(args)
     image = read_image(args.image)
     reference = _reference_pose(args, image, models)
-    mono, rate, audio = None, 16000, None
-    if args.audio:
-        audio, rate = read_audio(args.audio)
-        mono = audio.mean(0)
-    frames = None if mono is None else video_frame_count(mono.shape[0], rate, FPS)
-    if args.pose:
-        pose = _external_pose(args, reference, frames)
+    audio, rate = read_audio(args.audio) if args.audio else (None, 0)  # (channels, samples): the features downmix
+    if args.pose:  # Stage II generates the frames the audio features cover (the official ceil rule)
+        pose = _external_pose(args, reference, None if audio is None else frame_count(audio.shape[-1], rate))
     else:
-        pose = _stage1_pose(args, mono, rate, reference, models, device, dtype, timer)
-    latents, vae = _stage2(args, models, device, dtype, image, pose, mono, rate, timer)
+        pose = _stage1_pose(args, audio, rate, reference, models, device, dtype, timer)
+    latents, vae = _stage2(args, models, device, dtype, image, pose, audio, rate, timer)
     started = time.perf_counter()
     out, count = _write_video(args, latents, vae, audio, rate)
     timer.measure("decode + write", started)
@@ -146,6 +140,15 @@ def run(args: argparse.Namespace) -> Path:
     print(f"wrote {out}: {count} frames {args.width}×{args.height} at {args.fps:g} fps"
           f"{', with audio' if audio is not None else ''}")
     return out
+
+
+def _device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """--device (auto: CUDA when present) and --dtype; fp16 becomes bf16 on a CPU, where it is extremely slow."""
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.bfloat16
+    return device, dtype
 
 
 def _write_video(args: argparse.Namespace, latents: torch.Tensor, vae: Any, audio: Optional[torch.Tensor],
@@ -166,32 +169,44 @@ def _write_video(args: argparse.Namespace, latents: torch.Tensor, vae: Any, audi
 
 
 def _stage2(args: argparse.Namespace, models: Path, device: torch.device, dtype: torch.dtype, image: Any,
-            pose: PoseSequence, mono: Optional[torch.Tensor], rate: int, timer: Timer) -> tuple[torch.Tensor, Any]:
+            pose: PoseSequence, audio: Optional[torch.Tensor], rate: int, timer: Timer) -> tuple[torch.Tensor, Any]:
     """Stage II through the pipeline object (pose frames and masks drawn per window from ``pose``): the video
     latents (1, 4, T, h, w) at 25 fps and the VAE that decodes them (the caller streams the decode into the mp4)."""
+    started = time.perf_counter()
+    features = None if audio is None else _stage2_audio_features(models, device, audio, rate)
+    pipeline = _video_pipeline(models, device, dtype)
+    timer.measure("stage-II loading + audio features", started)
+    started = time.perf_counter()
+    inputs = VideoInputs(image, keypoints=pose, audio_features=features)
+    latents = pipeline(inputs, _video_settings(args), output="latent").latents
+    timer.measure("stage-II sampling", started)
+    return latents, pipeline.vae
+
+
+def _stage2_audio_features(models: Path, device: torch.device, audio: torch.Tensor, rate: int) -> torch.Tensor:
+    """wav2vec2 features of the driving audio; the wav2vec2 model is dropped right after."""
     from .audio.wav2vec import load_wav2vec2, wav2vec2_features
+
+    return wav2vec2_features(load_wav2vec2(model_path(models, "wav2vec2"), device=device), audio, rate)[0]
+
+
+def _video_pipeline(models: Path, device: torch.device, dtype: torch.dtype) -> VideoPipeline:
+    """The Stage-II models (video network, VAE, CLIP image encoder) from ``models``."""
     from .video.conditioning import load_clip_image_encoder
     from .video.decode import load_vae
     from .video.net import load_video_net
 
-    started = time.perf_counter()
-    features = None
-    if mono is not None:
-        wav2vec = load_wav2vec2(model_path(models, "wav2vec2"), device=device)
-        features, _ = wav2vec2_features(wav2vec, mono, rate)
-        del wav2vec
-    pipeline = VideoPipeline(load_video_net(model_path(models, "video_net"), dtype=dtype, device=device),
-                             load_vae(model_path(models, "vae"), device),
-                             load_clip_image_encoder(model_path(models, "image_encoder"), device, dtype))
-    timer.measure("stage-II loading + audio features", started)
-    settings = VideoSettings(width=args.width, height=args.height, seed=args.seed, steps=args.steps,
-                             scheduler=args.scheduler, guidance_scale=args.cfg, mask_mode=args.mask_mode,
-                             context_frames=args.context_frames, context_overlap=args.context_overlap,
-                             context_schedule=args.context_schedule)
-    started = time.perf_counter()
-    latents = pipeline(VideoInputs(image, keypoints=pose, audio_features=features), settings, output="latent").latents
-    timer.measure("stage-II sampling", started)
-    return latents, pipeline.vae
+    return VideoPipeline(load_video_net(model_path(models, "video_net"), dtype=dtype, device=device),
+                         load_vae(model_path(models, "vae"), device),
+                         load_clip_image_encoder(model_path(models, "image_encoder"), device, dtype))
+
+
+def _video_settings(args: argparse.Namespace) -> VideoSettings:
+    """Stage-II sampling settings from the command line."""
+    return VideoSettings(width=args.width, height=args.height, seed=args.seed, steps=args.steps,
+                         scheduler=args.scheduler, guidance_scale=args.cfg, mask_mode=args.mask_mode,
+                         context_frames=args.context_frames, context_overlap=args.context_overlap,
+                         context_schedule=args.context_schedule)
 
 
 def build_parser() -> argparse.ArgumentParser:

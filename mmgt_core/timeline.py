@@ -4,16 +4,18 @@ The one length rule of every output (CLI and nodes): a clip of ``d`` seconds bec
 ``video_frame_count(d)`` = **round-to-nearest** of ``fps × d`` frames (halves round up, at least 1), and the
 audio written beside it is cut or zero-padded to exactly that video's duration, ``audio_sample_count(frames)``
 = round-to-nearest of ``frames / fps × rate`` samples. So video and audio durations differ by at most half a
-frame before the cut, and by less than one audio sample after it.
+frame before the cut, and by less than one audio sample after it. Both counts live in
+:mod:`mmgt_core.audio.waveform`, beside the official ``ceil`` rule (``frame_count``) that sets how many frames are
+*generated*; the written count never exceeds it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 
 import torch
 
+from .audio.waveform import audio_sample_count, video_frame_count
 from .errors import InputError
 from .keypoints import PoseSequence
 
@@ -63,27 +65,6 @@ def match_length(frames: torch.Tensor, count: int) -> tuple[torch.Tensor, str]:
         return frames[:count], f"trimmed {have - count} frame(s) to match {count}"
     padding = frames[-1:].expand(count - have, *frames.shape[1:])
     return torch.cat([frames, padding]), f"padded {count - have} frame(s) (last frame repeated) to match {count}"
-
-
-def audio_frames(num_samples: int, sample_rate: int, fps: float = 25.0) -> int:
-    """Video frames that cover an audio clip at ``fps`` (the official ``ceil(samples / sr · fps)``)."""
-    return math.ceil(num_samples / sample_rate * fps)
-
-
-def _round_half_up(value: float) -> int:
-    return math.floor(value + 0.5 + 1e-9)
-
-
-def video_frame_count(num_samples: int, sample_rate: int, fps: float) -> int:
-    """Frames of the output video for ``num_samples`` of audio: round-to-nearest of fps × duration (≥ 1)."""
-    if fps <= 0 or not math.isfinite(fps):
-        raise InputError("fps", f"the frame rate must be a positive number (got {fps}).")
-    return max(1, _round_half_up(num_samples / sample_rate * fps))
-
-
-def audio_sample_count(frames: int, fps: float, sample_rate: int) -> int:
-    """Audio samples that last exactly as long as ``frames`` at ``fps`` (round-to-nearest)."""
-    return _round_half_up(frames / fps * sample_rate)
 
 
 def output_frame_count(generated: int, audio_samples: int | None, sample_rate: int, fps: float) -> int:

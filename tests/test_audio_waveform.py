@@ -18,6 +18,7 @@ from mmgt_core.audio.waveform import (
     prepare_audio,
     resample,
     to_mono,
+    video_frame_count,
 )
 from mmgt_core.errors import InputError
 
@@ -106,3 +107,4 @@ def test_frame_count_matches_the_official_rule(speech):
     for n in range(640, 200_000, 997):
         frames = frame_count(n, 16000)
         assert n * 25 / 16000 <= frames < n * 25 / 16000 + 1 + 1e-9
+        assert video_frame_count(n, 16000, 25) in (frames, frames - 1), "the written video fits the generated frames"

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from scipy.io import wavfile
 from torch.utils.data import Dataset
 
+from mmgt_core.audio.waveform import to_mono
 from mmgt_core.errors import InputError
 from mmgt_core.keypoints import normalize
 
@@ -33,20 +34,11 @@ WINDOW = 80
 DEFAULT_STRIDE = 12  # ≈ 0.5 s, the paper's slicing step
 FeatureFn = Callable[[torch.Tensor, int], torch.Tensor]
 
-_INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.uint8): 128.0}
-
 
 def read_wav(path: Path) -> tuple[torch.Tensor, int]:
-    """A .wav file as a mono float32 waveform in [-1, 1] and its sample rate."""
+    """A .wav file as a mono float32 waveform in [-1, 1] and its sample rate (PCM scaled by the audio front end)."""
     rate, data = wavfile.read(str(path))
-    array = np.asarray(data)
-    if array.dtype in _INT_SCALE:
-        offset = 128.0 if array.dtype == np.uint8 else 0.0
-        array = (array.astype(np.float32) - offset) / _INT_SCALE[array.dtype]
-    array = array.astype(np.float32)
-    if array.ndim == 2:
-        array = array.mean(axis=1)
-    return torch.from_numpy(array), int(rate)
+    return to_mono(np.asarray(data).T), int(rate)  # wavfile gives (samples, channels)
 
 
 def load_keypoints(path: Path) -> torch.Tensor:

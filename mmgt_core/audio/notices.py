@@ -4,9 +4,8 @@ The policy it reports, as the code behaves:
 
 * Stage I (SMGA) works on 80-frame (3.2 s) windows. A shorter clip is accepted: its features are padded to a
   full window by repeating the last frame and the keypoints are trimmed back to the clip's length.
-* Silence is accepted by Stage I (WavLM sees zeros after its normalisation, the EDGE beat columns are zero), so
-  the gestures then follow no speech. Stage II's wav2vec2 features refuse an all-zero clip (nothing to attend
-  to); a mostly silent clip is accepted by both.
+* Silence is accepted by both stages (the policy of :mod:`mmgt_core.audio.waveform`): an all-zero or mostly
+  silent clip gets its features, and the notice says the gestures and lips then follow no speech.
 """
 
 from __future__ import annotations
@@ -47,8 +46,8 @@ def audio_notices(mono: torch.Tensor | np.ndarray, sample_rate: int, stage: str)
                      f"features were padded to a full window by repeating the last frame, and the keypoints are "
                      f"trimmed back to the audio's {frames} frames.")
     if is_silent(mono):
-        notes.append("The audio is silent (every sample is zero): Stage I still runs, but the gestures follow no "
-                     "speech; Stage-II audio features need a clip with sound.")
+        notes.append("The audio is silent (every sample is zero): the features are computed anyway, but gestures "
+                     "and lips follow no speech; connect a recording with speech in it.")
     else:
         share = silent_share(mono, sample_rate)
         if share >= MOSTLY_SILENT_SHARE:

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Optional, Union
 import torch
 
 from mmgt_core.audio.edge_features import EDGE_FEATURE_DIM, edge_features
-from mmgt_core.audio.waveform import VIDEO_FPS, WaveformLike, frame_count, resample, to_mono, validate_clip
+from mmgt_core.audio.waveform import ENCODER_SAMPLE_RATE, WaveformLike, frame_count, prepare_audio, to_mono
 from mmgt_core.audio.wavlm import (
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_CONTEXT_SECONDS,
-    WAVLM_SAMPLE_RATE,
     WavLMEncoder,
     encoder_from_model,
     plan_chunks_seconds,
@@ -56,9 +55,8 @@ def stage1_features(
     if device is not None or dtype is not None:
         encoder.model.to(device=device, dtype=dtype)
     mono = to_mono(waveform)
-    validate_clip(mono, sample_rate)
-    wave16k = resample(mono, sample_rate, WAVLM_SAMPLE_RATE)
-    n_frames = frame_count(wave16k.shape[0], WAVLM_SAMPLE_RATE, VIDEO_FPS)
+    wave16k, _ = prepare_audio(mono, sample_rate, ENCODER_SAMPLE_RATE)
+    n_frames = frame_count(wave16k.shape[0])
 
     total = len(plan_chunks_seconds(encoder.model.config, wave16k.shape[0], chunk_seconds, context_seconds)) + 1
     report = (lambda step, _: progress(step, total)) if progress is not None else None

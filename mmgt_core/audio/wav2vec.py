@@ -14,11 +14,13 @@ Long audio keeps memory bounded: the CNN always runs in exact chunks (the first 
 statistics are gathered over the whole clip in a first pass), and the transformer runs on the whole sequence up
 to ``max_whole_frames`` (60 s by default, as the official does for any length) and in overlapping windows with a
 linear cross-fade beyond that. Only that last part is an approximation of the official whole-clip run.
+
+The waveform comes from the shared front end (:mod:`mmgt_core.audio.waveform`): mono, validated, resampled as
+``librosa.load`` does; a silent clip is accepted (its features are those of zeros).
 """
 
 from __future__ import annotations
 
-import math
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,13 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmgt_core.audio.waveform import (
+    ENCODER_SAMPLE_RATE,
+    VIDEO_FPS,
+    WaveformLike,
+    conv_frames,
+    conv_geometry,
+    frame_count,
+    prepare_audio,
+    to_mono,
+)
 from mmgt_core.errors import InputError, WeightsError
 from mmgt_core.weights import readable_load_error
 
-WAV2VEC_SAMPLE_RATE = 16000
-VIDEO_FPS = 25.0
 NORMALIZE_EPS = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
-SAMPLES_PER_CNN_FRAME = 320  # product of the wav2vec2 CNN strides (5*2*2*2*2*2*2)
 
 VocalSeparator = Callable[[torch.Tensor, int], torch.Tensor]
 """Optional user hook: (mono waveform, sample_rate) -> separated vocals at the same sample rate."""
@@ -91,42 +100,31 @@ def normalize_waveform(waveform: np.ndarray) -> np.ndarray:
     return (waveform - waveform.mean()) / np.sqrt(waveform.var() + NORMALIZE_EPS)
 
 
-def frame_count(num_samples: int, sample_rate: int = WAV2VEC_SAMPLE_RATE, fps: float = VIDEO_FPS) -> int:
-    """Number of video frames the official code derives from a clip: ``ceil(samples / sr * fps)``."""
-    return math.ceil(num_samples / sample_rate * fps)
-
-
-def prepare_waveform(
-    waveform: torch.Tensor | np.ndarray,
-    sample_rate: int,
-    separator: Optional[VocalSeparator] = None,
-) -> np.ndarray:
-    """Mono float waveform at any rate -> optional vocal separation -> 16 kHz float32 numpy array."""
-    wave = torch.as_tensor(waveform, dtype=torch.float32)
-    if wave.ndim == 2:  # (channels, samples): average to mono
-        wave = wave.mean(dim=0)
-    if wave.ndim != 1:
-        raise InputError("audio", f"expected a mono waveform (samples,) or (channels, samples), got "
-                         f"{tuple(wave.shape)}", "pass a 1-D waveform.")
+def prepare_waveform(waveform: WaveformLike, sample_rate: int, separator: Optional[VocalSeparator] = None
+                     ) -> np.ndarray:
+    """One clip at any rate -> mono -> optional vocal separation -> validated 16 kHz float32 numpy array."""
+    mono = to_mono(waveform)
     if separator is not None:
-        wave = torch.as_tensor(separator(wave, sample_rate), dtype=torch.float32).reshape(-1)
-    array = wave.numpy()
-    if sample_rate != WAV2VEC_SAMPLE_RATE:
-        import librosa  # same resampler (soxr_hq) as the official librosa.load(sr=16000)
+        mono = to_mono(separator(mono, sample_rate))
+    wave16k, _ = prepare_audio(mono, sample_rate, ENCODER_SAMPLE_RATE)
+    return wave16k.numpy()
 
-        array = librosa.resample(array, orig_sr=sample_rate, target_sr=WAV2VEC_SAMPLE_RATE, res_type="soxr_hq")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if array.size < 400 or not np.isfinite(array).all():
-        raise InputError("audio", f"the clip is too short or not finite ({array.size} samples at 16 kHz)",
-                         "give at least 0.04 s of finite audio.")
-    if float(np.abs(array).max()) == 0.0:
-        raise InputError("audio", "the clip is silent (all samples are zero)", "give a recording with speech in it.")
-    return array
+
+def pad_to_whole_clips(wave: np.ndarray, frames: int, clip_length: int, fps: float = VIDEO_FPS
+                       ) -> tuple[np.ndarray, int]:
+    """The official padding: zeros appended to the normalised 16 kHz waveform up to a multiple of ``clip_length``
+    frames (``16000 // fps`` samples a frame); returns ``(waveform, padded frame count)``. ``clip_length <= 0``: as is.
+    """
+    if clip_length <= 0 or frames % clip_length == 0:
+        return wave, frames
+    pad_frames = clip_length - frames % clip_length
+    padding = np.zeros(pad_frames * int(ENCODER_SAMPLE_RATE // fps), dtype=np.float32)
+    return np.concatenate([wave, padding]), frames + pad_frames
 
 
 def wav2vec2_features(
     model: nn.Module,
-    waveform: torch.Tensor | np.ndarray,
+    waveform: WaveformLike,
     sample_rate: int,
     clip_length: int = -1,
     fps: float = VIDEO_FPS,
@@ -138,39 +136,38 @@ def wav2vec2_features(
     ``audio_frames`` is the unpadded frame count; ``seq_len`` is rounded up to a multiple of ``clip_length`` when
     ``clip_length > 0`` (the official pads with zeros after normalisation).
     """
-    chunking = chunking or Wav2VecChunking()
     wave = normalize_waveform(prepare_waveform(waveform, sample_rate, separator))
-    seq_len = frame_count(wave.size, WAV2VEC_SAMPLE_RATE, fps)
-    audio_frames = seq_len
-    if clip_length > 0 and seq_len % clip_length != 0:
-        pad_frames = clip_length - seq_len % clip_length
-        samples_per_frame = int(WAV2VEC_SAMPLE_RATE // fps)
-        wave = np.concatenate([wave, np.zeros(pad_frames * samples_per_frame, dtype=np.float32)])
-        seq_len += pad_frames
+    audio_frames = frame_count(wave.size, ENCODER_SAMPLE_RATE, fps)
+    wave, seq_len = pad_to_whole_clips(wave, audio_frames, clip_length, fps)
+    return encode_frames(model, wave, seq_len, chunking or Wav2VecChunking()), audio_frames
+
+
+def encode_frames(model: nn.Module, wave: np.ndarray, seq_len: int, chunking: Wav2VecChunking) -> torch.Tensor:
+    """Steps 3-4 of the module docstring on a normalised 16 kHz waveform: ``(seq_len, n_layers, hidden)`` on CPU."""
     device = next(model.parameters()).device
     with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the HF encoder draws LayerDrop dice from the global RNG
         cnn = cnn_features(model, torch.from_numpy(wave).to(device), chunking.cnn_chunk_frames)  # (1, T50, C)
         cnn = F.interpolate(cnn.transpose(1, 2), size=seq_len, mode="linear", align_corners=True).transpose(1, 2)
         hidden, _ = model.feature_projection(cnn)
-        layers = encode_all_layers(model, hidden, chunking)
-    return layers.float().cpu(), audio_frames
+        return encode_all_layers(model, hidden, chunking).float().cpu()
 
 
 def cnn_features(model: nn.Module, wave: torch.Tensor, chunk_frames: int) -> torch.Tensor:
     """wav2vec2 CNN features ``(1, T50, C)`` of a 1-D normalised waveform, computed in exact chunks."""
     encoder = model.feature_extractor
-    total = _cnn_output_length(model, wave.numel())
+    total = conv_frames(wave.numel(), model.config)
     if total <= 0:
         raise InputError("audio", "the clip is shorter than one wav2vec2 frame", "give at least 0.03 s of audio.")
     if total <= chunk_frames:
         return encoder(wave[None]).transpose(1, 2)
+    receptive, hop = conv_geometry(model.config)
     first = encoder.conv_layers[0]
-    stats = _first_layer_stats(first, wave, chunk_frames) if isinstance(_norm_of(first), nn.GroupNorm) else None
-    receptive = _receptive_field(model)
+    group_norm = isinstance(getattr(first, "layer_norm", None), nn.GroupNorm)  # normalises over time: whole-clip stats
+    stats = _first_layer_stats(first, wave, chunk_frames * hop) if group_norm else None
     pieces = []
     for start in range(0, total, chunk_frames):
         stop = min(start + chunk_frames, total)
-        segment = wave[start * SAMPLES_PER_CNN_FRAME: (stop - 1) * SAMPLES_PER_CNN_FRAME + receptive]
+        segment = wave[start * hop: (stop - 1) * hop + receptive]
         pieces.append(_run_cnn(encoder, segment, stats).transpose(1, 2))
     return torch.cat(pieces, dim=1)
 
@@ -246,36 +243,12 @@ def _crossfade_ramp(length: int, overlap: int, first: bool, last: bool) -> torch
     return ramp
 
 
-def _norm_of(layer: nn.Module) -> Optional[nn.Module]:
-    return getattr(layer, "layer_norm", None)
-
-
-def _conv_layers_geometry(model: nn.Module) -> list[tuple[int, int]]:
-    layers = model.feature_extractor.conv_layers
-    return [(int(layer.conv.kernel_size[0]), int(layer.conv.stride[0])) for layer in layers]
-
-
-def _cnn_output_length(model: nn.Module, samples: int) -> int:
-    length = samples
-    for kernel, stride in _conv_layers_geometry(model):
-        length = (length - kernel) // stride + 1
-    return length
-
-
-def _receptive_field(model: nn.Module) -> int:
-    """Input samples one CNN output frame depends on (400 for the standard wav2vec2 CNN)."""
-    field, jump = 1, 1
-    for kernel, stride in _conv_layers_geometry(model):
-        field += (kernel - 1) * jump
-        jump *= stride
-    return field
-
-
-def _first_layer_stats(first: nn.Module, wave: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and variance of the first conv's output over the whole clip (GroupNorm, 1 channel/group)."""
+def _first_layer_stats(first: nn.Module, wave: torch.Tensor, chunk_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and variance of the first conv's output over the whole clip (GroupNorm, 1 channel/group),
+    gathered ``chunk_samples`` of input at a time."""
     kernel, stride = int(first.conv.kernel_size[0]), int(first.conv.stride[0])
     out_len = (wave.numel() - kernel) // stride + 1
-    step = chunk_frames * SAMPLES_PER_CNN_FRAME // stride  # first-layer frames per chunk
+    step = chunk_samples // stride  # first-layer frames per chunk
     total_sum = torch.zeros(first.conv.out_channels, dtype=torch.float64, device=wave.device)
     total_sq = torch.zeros_like(total_sum)
     for start in range(0, out_len, step):

@@ -1,19 +1,23 @@
-"""Waveform preparation: one clip in, one mono float32 waveform at the wanted rate out.
+"""The audio front end used by Stage I, Stage II, training data and the CLI: layouts, mono, resampling,
+validation, the silence policy and the frame counts, each once.
 
-Accepted layouts (torch or numpy): ``(samples,)``, ``(channels, samples)`` and ComfyUI's ``(1, channels, samples)``.
-Channels are averaged to mono (what ``librosa.load(mono=True)`` does), and the rate is changed with soxr at
-``soxr_hq`` quality followed by librosa's length fix, so ``resample(x, sr, target)`` is sample-for-sample what
-``librosa.load(path, sr=target)`` returns for a file holding ``x`` at ``sr``. The official MMGT code loads every
-waveform that way, which is why the features match it.
-
-Silent audio (all zeros) is accepted: every feature is still computed (WavLM sees zeros after its whole-clip
-normalisation, the EDGE onset/beat columns come out all zero). Use :func:`is_silent` to warn about it.
+* Layouts (torch or numpy): ``(samples,)``, ``(channels, samples)``, ComfyUI's ``(1, channels, samples)``; int16/int32/
+  uint8 PCM is scaled to [-1, 1). Channels are averaged to mono (what ``librosa.load(mono=True)`` does).
+* :func:`resample`: soxr at ``soxr_hq`` then librosa's length fix, sample-for-sample what ``librosa.load(path,
+  sr=target)`` returns; the official MMGT code loads every waveform that way, which is why the features match it.
+* :func:`validate_clip`: a positive rate, finite samples, at least one video frame (40 ms).
+* Silence is accepted by both stages: an all-zero clip still gets every feature (WavLM and wav2vec2 see zeros after
+  their whole-clip normalisation, the EDGE onset/beat columns are zero), so gestures and lips follow no speech;
+  :mod:`mmgt_core.audio.notices` tells the user. :func:`is_silent` detects it.
+* Two frame-count rules, on purpose: :func:`frame_count`, the official ``ceil``, gives the rows of the Stage-I and
+  Stage-II features (the frames generated); :func:`video_frame_count`, round-to-nearest, gives the frames of the
+  written video (:mod:`mmgt_core.timeline`), never more. :func:`conv_frames` counts the speech encoders' CNN frames.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -23,6 +27,9 @@ from mmgt_core.errors import InputError
 VIDEO_FPS = 25
 """Frame rate of every MMGT feature and video (one feature row per video frame)."""
 
+ENCODER_SAMPLE_RATE = 16000
+"""Rate WavLM and wav2vec2 take (the official code loads both through ``librosa.load(sr=16000)``)."""
+
 SOXR_QUALITY = "soxr_hq"
 """librosa.load's default ``res_type``; the official features were computed through it."""
 
@@ -31,13 +38,54 @@ WaveformLike = Union[torch.Tensor, np.ndarray]
 _INT_FULL_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
 
-def frame_count(num_samples: int, sample_rate: float, fps: float = VIDEO_FPS) -> int:
-    """Video frames for a clip, with the official float expression ``ceil(samples / sr * fps)``.
+def frame_count(num_samples: int, sample_rate: float = ENCODER_SAMPLE_RATE, fps: float = VIDEO_FPS) -> int:
+    """Feature rows (frames generated) for a clip, with the official float expression ``ceil(samples / sr * fps)``.
 
     The float expression (not exact integer arithmetic) is kept on purpose: at a few lengths it rounds up one more
     frame (e.g. 4480 samples at 16 kHz gives 8, not 7), and the official Stage-I and Stage-II code both use it.
     """
     return math.ceil(num_samples / sample_rate * fps)
+
+
+def video_frame_count(num_samples: int, sample_rate: float, fps: float) -> int:
+    """Frames of the written video for a clip: round-to-nearest of ``fps × duration`` (halves up, at least 1).
+
+    At the same fps it is :func:`frame_count` or one less: the generated frames always cover the written video.
+    """
+    if fps <= 0 or not math.isfinite(fps):
+        raise InputError("fps", f"the frame rate must be a positive number (got {fps}).")
+    return max(1, _round_half_up(num_samples / sample_rate * fps))
+
+
+def audio_sample_count(frames: int, fps: float, sample_rate: float) -> int:
+    """Audio samples that last exactly as long as ``frames`` at ``fps`` (round-to-nearest)."""
+    return _round_half_up(frames / fps * sample_rate)
+
+
+def conv_geometry(config: Any) -> tuple[int, int]:
+    """(receptive field, total stride) in samples of a speech encoder's CNN (400, 320 for WavLM and wav2vec2).
+
+    ``config`` is the transformers config (``conv_kernel``, ``conv_stride``) of WavLM or wav2vec2.
+    """
+    field, stride = 1, 1
+    for kernel, step in zip(config.conv_kernel, config.conv_stride, strict=True):
+        field += (kernel - 1) * stride
+        stride *= step
+    return field, stride
+
+
+def conv_frames(num_samples: int, config: Any) -> int:
+    """Frames (50 Hz) a speech encoder's CNN yields for ``num_samples`` (0 when the clip is too short)."""
+    length = num_samples
+    for kernel, step in zip(config.conv_kernel, config.conv_stride, strict=True):
+        length = (length - kernel) // step + 1
+        if length <= 0:
+            return 0
+    return length
+
+
+def _round_half_up(value: float) -> int:
+    return math.floor(value + 0.5 + 1e-9)
 
 
 def duration_seconds(num_samples: int, sample_rate: float) -> float:

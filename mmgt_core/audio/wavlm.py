@@ -39,7 +39,15 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from mmgt_core.audio.waveform import VIDEO_FPS, WaveformLike, frame_count, to_mono, validate_clip
+from mmgt_core.audio.waveform import (
+    ENCODER_SAMPLE_RATE,
+    WaveformLike,
+    conv_frames,
+    conv_geometry,
+    frame_count,
+    to_mono,
+    validate_clip,
+)
 from mmgt_core.errors import WeightsError
 from mmgt_core.types import OptionalCancel, OptionalProgress
 from mmgt_core.weights import (
@@ -53,7 +61,6 @@ from mmgt_core.weights import (
 if TYPE_CHECKING:
     from transformers import WavLMModel
 
-WAVLM_SAMPLE_RATE = 16000
 COMPONENT_WAVLM = "wavlm"
 """Our converted export: transformers ``WavLMModel`` keys, its config JSON in the ``mmgt_config`` metadata."""
 NORMALIZE_CONFIG_KEY = "mmgt_normalize_waveform"
@@ -377,25 +384,6 @@ def _legacy_names(state: Mapping[str, torch.Tensor]) -> set[str]:
 # features
 
 
-def conv_geometry(config: Any) -> tuple[int, int]:
-    """(receptive field, total stride) of the CNN feature extractor, in samples (400, 320 for WavLM)."""
-    field, stride = 1, 1
-    for kernel, step in zip(config.conv_kernel, config.conv_stride, strict=True):
-        field += (kernel - 1) * stride
-        stride *= step
-    return field, stride
-
-
-def conv_frames(num_samples: int, config: Any) -> int:
-    """Number of 50 Hz frames the CNN yields for ``num_samples`` (0 when the clip is too short)."""
-    length = num_samples
-    for kernel, step in zip(config.conv_kernel, config.conv_stride, strict=True):
-        length = (length - kernel) // step + 1
-        if length <= 0:
-            return 0
-    return length
-
-
 @dataclass(frozen=True)
 class Chunk:
     """One model call: samples ``[sample_start, sample_end)``; keep its frames ``[keep_from, keep_from+keep_count)``."""
@@ -424,7 +412,7 @@ def plan_chunks(num_samples: int, config: Any, chunk_frames: int, context_frames
 
 def plan_chunks_seconds(config: Any, num_samples: int, chunk_seconds: float, context_seconds: float) -> list[Chunk]:
     """:func:`plan_chunks` with the chunk and context lengths given in seconds of audio."""
-    frame_rate = WAVLM_SAMPLE_RATE / conv_geometry(config)[1]
+    frame_rate = ENCODER_SAMPLE_RATE / conv_geometry(config)[1]
     chunk_frames = max(1, round(chunk_seconds * frame_rate))
     return plan_chunks(num_samples, config, chunk_frames, max(0, round(context_seconds * frame_rate)))
 
@@ -442,7 +430,7 @@ def wavlm_last_layer(
     Runs on the model's own device and dtype. ``progress(i, n)`` is called after each chunk.
     """
     wave = to_mono(wave16k)
-    validate_clip(wave, WAVLM_SAMPLE_RATE)
+    validate_clip(wave, ENCODER_SAMPLE_RATE)
     if encoder.normalize_waveform:
         wave = F.layer_norm(wave[None], wave[None].shape)[0]  # official: over the whole clip, eps 1e-5
     model = encoder.model
@@ -491,6 +479,6 @@ def wavlm_features(
     """
     wave = to_mono(wave16k)
     if n_frames is None:
-        n_frames = frame_count(wave.shape[0], WAVLM_SAMPLE_RATE, VIDEO_FPS)
+        n_frames = frame_count(wave.shape[0])
     frames50 = wavlm_last_layer(encoder, wave, chunk_seconds, context_seconds, progress, check_cancel)
     return fit_rows(to_25fps(frames50), n_frames)
