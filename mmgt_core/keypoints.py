@@ -55,20 +55,34 @@ class PoseSequence:
     width: int
     height: int
     fps: float = 25.0
+    speech_weights: torch.Tensor | None = None
+    """(T,) in [0, 1] or None: how strongly MM-HAA's face and lip audio attention acts on each frame (the silence
+    gate of MMGT Motion Controls fades it in pauses); None = fully (the official behaviour). Kept while the frame
+    count stays; operations that change the frames drop it."""
 
     def __post_init__(self) -> None:
         validate_keypoints(self.keypoints, "keypoints")
         validate_canvas(self.width, self.height)
         if not self.fps > 0:
             raise InputError("fps", f"must be positive, got {self.fps}.", "Use the video frame rate, e.g. 25.")
+        if self.speech_weights is not None and tuple(self.speech_weights.shape) != (self.num_frames,):
+            raise InputError("speech_weights", f"shape {tuple(self.speech_weights.shape)} does not match "
+                             f"{self.num_frames} frames.", "Pass one weight per frame.")
 
     @property
     def num_frames(self) -> int:
         return int(self.keypoints.shape[0])
 
     def with_keypoints(self, keypoints: torch.Tensor) -> PoseSequence:
-        """A copy with other keypoints on the same canvas and frame rate."""
-        return PoseSequence(keypoints, self.width, self.height, self.fps)
+        """A copy with other keypoints on the same canvas and frame rate (speech weights kept if the count is)."""
+        same_frames = keypoints.shape[0] == self.num_frames
+        return PoseSequence(keypoints, self.width, self.height, self.fps,
+                            self.speech_weights if same_frames else None)
+
+    def frames(self, indices: torch.Tensor) -> PoseSequence:
+        """The sequence of the given frame indices (one context window), speech weights included."""
+        weights = None if self.speech_weights is None else self.speech_weights[indices]
+        return PoseSequence(self.keypoints[indices], self.width, self.height, self.fps, weights)
 
 
 def validate_canvas(width: int, height: int, name: str = "canvas") -> None:

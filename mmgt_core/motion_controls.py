@@ -10,13 +10,13 @@ unchanged unless a user asks for something. Scores are never changed; only visib
   Frames where a point is hidden are bridged by interpolation for the filter and then left as they were.
 * Silence gate: frames whose audio energy stays below ``threshold_db`` (relative to the loudest frame) for longer
   than ``hang_seconds`` are silent; there the lips ease (over ``ease_seconds``) to the reference lips with the
-  mouth closed, placed on the current mouth corners (scores unchanged). The MM-HAA lip/face attention weights
-  are not faded here.
+  mouth closed, placed on the current mouth corners (scores unchanged). The gated sequence carries the per-frame
+  speech weights, with which MMGT Sample Video fades MM-HAA's face and lip audio attention in the same pauses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -218,7 +218,8 @@ def lip_opening(keypoints: torch.Tensor) -> torch.Tensor:
 def gate_lips(sequence: PoseSequence, wave: torch.Tensor, sample_rate: int, gate: SilenceGate,
               reference: PoseSequence | None = None) -> tuple[PoseSequence, np.ndarray]:
     """Ease the lips to the closed reference mouth where the audio is silent. Returns the sequence and the (T,)
-    speech weights (1 = lips as given)."""
+    speech weights (1 = lips as given). The sequence carries the weights, so MMGT Sample Video fades the MM-HAA face
+    and lip audio attention in the same pauses."""
     weights = speech_weights(wave, sample_rate, sequence.fps, sequence.num_frames, gate)
     source = sequence.keypoints.float()
     ref = closed_lips(_reference_frame(sequence, reference))
@@ -229,4 +230,8 @@ def gate_lips(sequence: PoseSequence, wave: torch.Tensor, sample_rate: int, gate
     weight = torch.from_numpy(weights).float()[:, None, None]
     out = source.clone()
     out[:, lips, :2] = closed + weight * (source[:, lips, :2] - closed)  # hidden lips too: they stay hidden
-    return sequence.with_keypoints(out.to(sequence.keypoints.dtype)), weights
+    speech = torch.from_numpy(weights).float()
+    if sequence.speech_weights is not None:
+        speech = speech * sequence.speech_weights.float()
+    gated = replace(sequence.with_keypoints(out.to(sequence.keypoints.dtype)), speech_weights=speech)
+    return gated, weights

@@ -42,8 +42,8 @@ class MotionControls:
                    "per part (scale body, head, lips and hand motion around the reference pose), smoothing "
                    "(Savitzky–Golay, no lag; 1 ≈ one second), and a silence gate (with the speech connected, "
                    "the lips ease to the closed reference mouth wherever the audio is quieter than the threshold "
-                   "for longer than the hang time). Place it between Audio → Pose and Render Pose / Motion Masks. "
-                   "The MM-HAA lip/face attention is not faded by the gate.")
+                   "for longer than the hang time, and MMGT Sample Video fades the MM-HAA face and lip audio "
+                   "attention in the same pauses). Place it between Audio → Pose and Sample Video / Render Pose.")
     CATEGORY = "MMGT/pose"
     FUNCTION = "apply"
     RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")

@@ -4,6 +4,7 @@ does nothing): amplitude per part, smoothing, the silence gate; and the refusals
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -139,6 +140,26 @@ def test_silence_gate_closes_the_mouth_in_pauses_and_leaves_speech_alone():
     torch.testing.assert_close(gated.keypoints[speech], sequence.keypoints[speech])
     outside = [k for k in range(134) if k not in LIPS]
     torch.testing.assert_close(gated.keypoints[:, outside], sequence.keypoints[:, outside])
+
+
+def test_silence_gate_fades_the_face_and_lip_attention_masks_in_pauses():
+    from mmgt_core.video.conditioning import KeypointBranchMasks, keypoints_at_output
+
+    sequence = moving_sequence()
+    gated, weights = gate_lips(sequence, speech_with_a_pause(), 16000, SilenceGate(-35.0, 0.1, 0.08))
+    np.testing.assert_allclose(gated.speech_weights.numpy(), weights, rtol=1e-6)
+    on_output = keypoints_at_output(gated, 256, 256)  # the sampler's move onto the output canvas keeps them
+    torch.testing.assert_close(on_output.speech_weights, gated.speech_weights)
+    window = torch.arange(FRAMES)
+    faded = KeypointBranchMasks(on_output).select(window)
+    plain = KeypointBranchMasks(replace(on_output, speech_weights=None)).select(window)
+    silent, speech = 28, 5
+    for level in range(3):
+        assert plain.face[level][silent].max() > 0.5 and plain.body[level][silent].max() > 0.5
+        assert faded.face[level][silent].abs().max() == 0 and faded.body[level][silent].abs().max() == 0
+        torch.testing.assert_close(faded.full[level][silent], torch.ones_like(faded.full[level][silent]))
+        for branch in ("full", "face", "body"):
+            torch.testing.assert_close(getattr(faded, branch)[level][speech], getattr(plain, branch)[level][speech])
 
 
 def test_speech_weights_hang_on_after_speech():

@@ -316,7 +316,7 @@ def keypoints_at_output(sequence: Any, width: int, height: int) -> Any:
     points = sequence.keypoints.float().clone()
     points[..., 0] = (points[..., 0] - left) * (width / crop_w)
     points[..., 1] = (points[..., 1] - top) * (height / crop_h)
-    return PoseSequence(points, width, height, sequence.fps)
+    return PoseSequence(points, width, height, sequence.fps, sequence.speech_weights)
 
 
 class ImagePoseFrames:
@@ -363,7 +363,11 @@ class KeypointPoseFrames:
 
 
 class KeypointBranchMasks:
-    """MM-HAA branch masks computed from keypoints for the frames a window asks for (same numbers as whole)."""
+    """MM-HAA branch masks computed from keypoints for the frames a window asks for (same numbers as whole).
+
+    With speech weights on the sequence (the silence gate), each frame's face+hands and lips masks are scaled by
+    its weight, so the face and lip audio branches fade out in pauses (released mode: full = 1 + weight * lips).
+    """
 
     def __init__(self, sequence: Any, mode: str = "released") -> None:
         from mmgt_core.masks import latent_level_sizes
@@ -382,9 +386,14 @@ class KeypointBranchMasks:
         """The branch masks of the given frame indices (one context window)."""
         from mmgt_core.masks import keypoint_mask_pyramids
 
-        indices = torch.as_tensor(frames, dtype=torch.long)
-        pyramids = keypoint_mask_pyramids(self.sequence.with_keypoints(self.sequence.keypoints[indices]))
-        return compose_branch_masks(pyramids.face_hands, pyramids.lips, pyramids.hands, self.mode)
+        window = self.sequence.frames(torch.as_tensor(frames, dtype=torch.long))
+        pyramids = keypoint_mask_pyramids(window)
+        face_hands, lips = pyramids.face_hands, pyramids.lips
+        if window.speech_weights is not None:  # the silence gate: face and lip audio attention fade in pauses
+            weights = window.speech_weights.float()[:, None, None]
+            face_hands = [level * weights for level in face_hands]
+            lips = [level * weights for level in lips]
+        return compose_branch_masks(face_hands, lips, pyramids.hands, self.mode)
 
     def whole(self) -> BranchMasks:
         """Every frame at once (for short clips and tests)."""
