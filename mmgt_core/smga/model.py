@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tiny_models import init_weights_recipe as init_weights_recipe  # the fixtures' recipe; imported from here too
+
 FACE_DIMS = slice(72, 276)  # keypoints 24..91 (68 face landmarks) x 3 channels: the face stream M^f
 KeysValues = Callable[[str], tuple[Tensor, Tensor]]  # stream name -> in-projected cross-attention keys, values
 
@@ -509,23 +511,6 @@ def draw_keep_mask(batch: int, drop_prob: float, device: torch.device | str,
 
 # --------------------------------------------------------------------------------------------------------------
 # Construction and loading
-
-
-def init_weights_recipe(model: nn.Module, seed: int, scale_overrides: Optional[Mapping[str, float]] = None) -> None:
-    """The fixtures' random-weight recipe: parameter i (named_parameters order) gets Generator(seed + i).
-
-    ≥2-D '*weight': randn/sqrt(fan_in); other ≥2-D: randn; 1-D '*weight': 1 + 0.1·randn; other 1-D: 0.05·randn.
-    """
-    overrides = dict(scale_overrides or {})
-    with torch.no_grad():
-        for index, (name, param) in enumerate(model.named_parameters()):
-            generator = torch.Generator().manual_seed(seed + index)
-            noise = torch.randn(param.shape, generator=generator)
-            if param.ndim >= 2:
-                value = noise / math.sqrt(math.prod(param.shape[1:])) if name.endswith("weight") else noise
-            else:
-                value = 1 + 0.1 * noise if name.endswith("weight") else 0.05 * noise
-            param.copy_(value * overrides.get(name, 1.0))
 
 
 def build_smga(config: SMGAConfig = SMGAConfig(), device: torch.device | str = "cpu",
