@@ -46,13 +46,6 @@ def install_report(models: Path) -> str:
     return "\n".join(lines)
 
 
-def _smoke_steps() -> list[tuple[str, object]]:
-    """The smoke steps available in this build: (name, zero-argument callable returning a short result)."""
-    from . import smoke
-
-    return smoke.steps()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mmgt_core doctor",
@@ -65,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     print(install_report(Path(args.models)))
     if args.no_smoke:
         return 0
+    from . import smoke
+
     print("\nSmoke run on tiny random weights (proves the code paths work; the output is noise):")
     failures = 0
-    for name, step in _smoke_steps():
+    for name, step in smoke.steps():
         started = time.perf_counter()
         try:
             summary = step()

@@ -123,7 +123,8 @@ def _return_freed_memory() -> None:
 
 
 def _measure_stage2(width: int, height: int, frame_counts: Sequence[int], dtype: torch.dtype) -> list[dict]:
-    from mmgt_core.video.bench import PeakRSS, _window_forward, random_video_net
+    from mmgt_core.tiny_models import random_video_net
+    from mmgt_core.video.bench import PeakRSS, _window_forward
     from mmgt_core.video.config import VideoNetConfig
     from mmgt_core.video.sampler import SamplingSettings
 
@@ -141,7 +142,8 @@ def _measure_stage2(width: int, height: int, frame_counts: Sequence[int], dtype:
 
 
 def _measure_vae(width: int, height: int, chunks: Sequence[int], dtype: torch.dtype) -> list[dict]:
-    from mmgt_core.video.bench import PeakRSS, random_vae
+    from mmgt_core.tiny_models import random_vae
+    from mmgt_core.video.bench import PeakRSS
     from mmgt_core.video.decode import decode_latents
 
     vae = random_vae(False, dtype)
@@ -178,7 +180,8 @@ def _measure_smga(batches: Sequence[int], dtype: torch.dtype) -> list[dict]:
 
 def _measure_wav2vec2(seconds: float) -> list[dict]:
     from mmgt_core.audio.wav2vec import wav2vec2_features
-    from mmgt_core.video.bench import PeakRSS, random_wav2vec
+    from mmgt_core.tiny_models import random_wav2vec
+    from mmgt_core.video.bench import PeakRSS
 
     model = random_wav2vec(False)
     wave = torch.sin(torch.arange(int(seconds * 16000)) * 0.05) * 0.3

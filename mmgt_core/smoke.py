@@ -6,24 +6,13 @@ from collections.abc import Callable
 
 import torch
 
-from .keypoints import PoseSequence
-
-
-def _synthetic_pose(frames: int = 25, width: int = 256, height: int = 256) -> PoseSequence:
-    generator = torch.Generator().manual_seed(0)
-    base = torch.rand(134, 2, generator=generator) * torch.tensor([width * 0.6, height * 0.6]) + \
-        torch.tensor([width * 0.2, height * 0.2])
-    time_axis = torch.arange(frames).float()[:, None, None]
-    xy = base[None] + 3 * torch.sin(time_axis / 4 + base[None] / 50)
-    keypoints = torch.cat([xy, torch.ones(frames, 134, 1)], dim=-1)
-    return PoseSequence(keypoints, width, height)
-
 
 def pose_and_masks() -> str:
     from .masks import motion_mask_pyramids, motion_masks
     from .render import render_pose_video
+    from .tiny_models import moving_pose
 
-    sequence = _synthetic_pose()
+    sequence = moving_pose(25, 256, 256)
     frames = render_pose_video(sequence)
     masks = motion_masks(sequence)
     pyramids = motion_mask_pyramids(masks)
@@ -54,15 +43,12 @@ def end_to_end() -> str:
     from scipy.io import wavfile
 
     from .cli_generate import build_parser, run
-    from .tiny_models import write_tiny_model_set
+    from .tiny_models import synthetic_speech, write_tiny_model_set
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         models = write_tiny_model_set(root / "models")
-        rate = 16000
-        t = np.arange(2 * rate) / rate
-        speech = 0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
-        wavfile.write(root / "speech.wav", rate, speech.astype(np.float32))
+        wavfile.write(root / "speech.wav", 16000, synthetic_speech(2.0))
         Image.fromarray((np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)).save(root / "me.png")
         args = build_parser().parse_args([
             "--image", str(root / "me.png"), "--audio", str(root / "speech.wav"), "--models", str(models),

@@ -8,16 +8,15 @@ import torch
 from mmgt_core.errors import Cancelled, InputError
 from mmgt_core.smga.bench import run_smga_bench
 from mmgt_core.smga.generate import generate_pose_sequence, plan_windows, total_diffusion_steps
-from mmgt_core.smga.model import TINY_TEST_CONFIG, GestureDecoder, init_weights_recipe
+from mmgt_core.smga.model import TINY_TEST_CONFIG, GestureDecoder
+from mmgt_core.tiny_models import random_smga
 
 STEPS = 10  # fewer than the official 50: these tests check plumbing, the parity tests check numbers
 
 
 @pytest.fixture(scope="module")
 def model() -> GestureDecoder:
-    decoder = GestureDecoder(TINY_TEST_CONFIG).eval()
-    init_weights_recipe(decoder, 1001, {"final_layer.weight": 0.1, "final_layer.bias": 0.1})
-    return decoder
+    return random_smga(TINY_TEST_CONFIG, seed=1001)
 
 
 def features(frames: int, seed: int = 0) -> torch.Tensor:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from executor import load_prompt, run
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.keypoints_io import save_keypoints_file
-from mmgt_core.smga.model import GestureDecoder, SMGAConfig, init_weights_recipe
+from mmgt_core.tiny_models import random_smga, tiny_smga_config
 from mmgt_core.weights import save_weights
 
 WORKFLOWS = Path(__file__).parent / "workflows"
@@ -42,10 +42,9 @@ def stage1_inputs(comfy_host, fixtures_dir):
     models = Path(folder_paths.get_folder_paths("mmgt")[0])
     (models / "wavlm").mkdir(parents=True)
     shutil.copy(fixtures_dir / "audio" / "wavlm_tiny" / "WavLM-tiny.pt", models / "wavlm" / "WavLM-tiny.pt")
-    config = SMGAConfig(latent_dim=40, ff_size=96, num_layers=2, num_heads=4, cond_feature_dim=32 + 35)
-    model = GestureDecoder(config)
-    init_weights_recipe(model, seed=5, scale_overrides={"final_layer.weight": 0.1, "final_layer.bias": 0.1})
-    save_weights(model.state_dict(), models / "smga_tiny.safetensors", "smga", config.to_dict(), "test")
+    config = tiny_smga_config()
+    save_weights(random_smga(config, seed=5).state_dict(), models / "smga_tiny.safetensors", "smga", config.to_dict(),
+                 "test")
     inputs = Path(folder_paths.get_input_directory())
     inputs.mkdir(parents=True, exist_ok=True)
     make_speech(inputs / "speech_20s.wav")

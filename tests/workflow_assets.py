@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +101,10 @@ def install_tiny_models(models: Path, fixtures: Path) -> None:
 
 def _write_official_style_smga(path: Path) -> None:
     """A tiny SMGA in the official checkpoint container ({"ema_state_dict": ...}), sized for the tiny WavLM."""
-    from mmgt_core.smga.model import GestureDecoder, SMGAConfig, init_weights_recipe
+    from mmgt_core.tiny_models import random_smga, tiny_smga_config
 
-    config = SMGAConfig(latent_dim=40, ff_size=96, num_layers=2, num_heads=8, cond_feature_dim=32 + 35)
-    model = GestureDecoder(config)
-    init_weights_recipe(model, seed=5, scale_overrides={"final_layer.weight": 0.1, "final_layer.bias": 0.1})
-    torch.save({"ema_state_dict": model.state_dict()}, path)
+    config = replace(tiny_smga_config(), num_heads=8)  # the official container keeps no config: 8 heads assumed
+    torch.save({"ema_state_dict": random_smga(config, seed=5).state_dict()}, path)
 
 
 # ------------------------------------------------------------------------------------------ DWPose stand-in models

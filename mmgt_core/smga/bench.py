@@ -18,14 +18,14 @@ from typing import Optional
 
 import torch
 
+from ..tiny_models import random_smga
 from .diffusion import cosine_schedule, ddim_timesteps, ddim_update
 from .generate import generate_pose_sequence
-from .model import GestureDecoder, SMGAConfig, init_weights_recipe
+from .model import GestureDecoder, SMGAConfig
 
 FPS = 25
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RECIPE_SEED = 1011  # the fixtures' full-size recipe seed; any weights give the same speed
-RECIPE_OVERRIDES = {"final_layer.weight": 0.1, "final_layer.bias": 0.1}
 
 
 def _max_rss_mib() -> float:
@@ -35,9 +35,7 @@ def _max_rss_mib() -> float:
 
 def build_bench_model(device: str, dtype: torch.dtype, config: SMGAConfig = SMGAConfig()) -> GestureDecoder:
     """The full-size SMGA with the fixtures' random-weight recipe, in eval mode."""
-    model = GestureDecoder(config)
-    init_weights_recipe(model, RECIPE_SEED, RECIPE_OVERRIDES)
-    return model.to(device=device, dtype=dtype).eval()
+    return random_smga(config, RECIPE_SEED).to(device=device, dtype=dtype)
 
 
 def _inputs(config: SMGAConfig, frames: int, seed: int) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:

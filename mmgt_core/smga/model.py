@@ -16,13 +16,14 @@ Besides the official forward, :meth:`GestureDecoder.prepare_guidance` / :meth:`G
 fast classifier-free-guidance path for sampling: the audio encoding, the normalised audio memory and its
 cross-attention keys/values do not depend on the timestep or on x_t, so they are computed once per window; the
 body self-attention and the first face self-attention do not depend on the condition, so they run once for
-both guidance passes.
+both guidance passes. Both paths run the same layer body (:meth:`SplitDecoderLayer.layer_body`); they differ only
+in where the cross-attention keys/values come from and in which self-attentions are precomputed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
@@ -30,7 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tiny_models import init_weights_recipe as init_weights_recipe  # the fixtures' recipe; imported from here too
+
 FACE_DIMS = slice(72, 276)  # keypoints 24..91 (68 face landmarks) x 3 channels: the face stream M^f
+KeysValues = Callable[[str], tuple[Tensor, Tensor]]  # stream name -> in-projected cross-attention keys, values
 
 
 @dataclass(frozen=True)
@@ -183,18 +187,10 @@ def rotary_self_attention(attn: nn.MultiheadAttention, rotary: RotaryEmbedding, 
     return attention_from_projected(attn, q, k, v)
 
 
-def rotary_cross_attention(attn: nn.MultiheadAttention, rotary: RotaryEmbedding, x: Tensor, memory: Tensor) -> Tensor:
-    """Official cross-attention: q = rotary(x), k = rotary(memory), v = memory."""
-    dim = x.shape[-1]
-    q = F.linear(rotary.rotate(x), attn.in_proj_weight[:dim], attn.in_proj_bias[:dim])
-    k, v = project_keys_values(attn, rotary.rotate(memory), memory)
-    return attention_from_projected(attn, q, k, v)
-
-
 def cross_attention_query(
     attn: nn.MultiheadAttention, rotary: RotaryEmbedding, x: Tensor, k: Tensor, v: Tensor
 ) -> Tensor:
-    """Cross-attention with precomputed (in-projected) keys and values."""
+    """Rotary cross-attention (q = rotary(x)) on in-projected keys k = rotary(memory) and values v = memory."""
     dim = x.shape[-1]
     q = F.linear(rotary.rotate(x), attn.in_proj_weight[:dim], attn.in_proj_bias[:dim])
     return attention_from_projected(attn, q, k, v)
@@ -248,23 +244,34 @@ class SplitDecoderLayer(nn.Module):
         self.rotary = rotary
 
     def forward(self, x_face: Tensor, x_body: Tensor, memory: Tensor, t: Tensor) -> Tensor:
-        face = self.stream(x_face, "face", memory, t)
-        body = self.stream(x_body, "body", memory, t)
+        """Official layer: both streams cross-attend to the normalised memory (B, L + 2, D)."""
+        def keys_values(name: str) -> tuple[Tensor, Tensor]:
+            return project_keys_values(self.cross_attn(name), self.rotary.rotate(memory), memory)
+
+        return self.layer_body(x_face, x_body, t, keys_values)
+
+    def layer_body(self, x_face: Tensor, x_body: Tensor, t: Tensor, keys_values: KeysValues,
+                   face_attended: Optional[Tensor] = None, body_attended: Optional[Tensor] = None) -> Tensor:
+        """The layer for any cross-attention keys/values source and, optionally, precomputed self-attentions
+        (the official forward and the cached guidance path both run this)."""
+        face = self.stream(x_face, "face", t, keys_values, face_attended)
+        body = self.stream(x_body, "body", t, keys_values, body_attended)
         return self.merge(face + body, t)
 
-    def stream(self, x: Tensor, name: str, memory: Tensor, t: Tensor) -> Tensor:
-        """One branch: FiLM'd rotary self-attention, then FiLM'd cross-attention on the memory."""
-        x = self.after_self_attention(x, self.self_attention(x, name), name, t)
-        cross = rotary_cross_attention(self.cross_attn(name), self.rotary, self.norm(name, 2)(x), memory)
+    def stream(self, x: Tensor, name: str, t: Tensor, keys_values: KeysValues,
+               attended: Optional[Tensor] = None) -> Tensor:
+        """One branch: FiLM'd rotary self-attention, then FiLM'd cross-attention on the memory's keys/values."""
+        if attended is None:
+            attended = self.self_attention(x, name)
+        x = x + featurewise_affine(attended, self.film(name, 1)(t))
+        attn = self.cross_attn(name)
+        cross = cross_attention_query(attn, self.rotary, self.norm(name, 2)(x), *keys_values(name))
         return x + featurewise_affine(self.dropout2(cross), self.film(name, 2)(t))
 
     def self_attention(self, x: Tensor, name: str) -> Tensor:
         """The branch's self-attention output before FiLM (depends on x only, not on t or the audio)."""
         attn = self.face_self_attn if name == "face" else self.body_self_attn
         return self.dropout1(rotary_self_attention(attn, self.rotary, self.norm(name, 1)(x)))
-
-    def after_self_attention(self, x: Tensor, attended: Tensor, name: str, t: Tensor) -> Tensor:
-        return x + featurewise_affine(attended, self.film(name, 1)(t))
 
     def merge(self, merged: Tensor, t: Tensor) -> Tensor:
         """Residual FF + FiLM on face_out + body_out."""
@@ -477,25 +484,18 @@ class GestureDecoder(nn.Module):
             face_attended = layer.self_attention(stream, "face")
             if index == 0:  # the layer-0 face input is the same for both guidance rows
                 stream, face_attended = stream.repeat(2, 1, 1), face_attended.repeat(2, 1, 1)
-            face = self._guided_stream(layer, "face", stream, face_attended, t2, index, context, time_memory,
-                                       time_rotated)
             body_attended = layer.self_attention(x_body, "body").repeat(2, 1, 1)  # body sees layer-0 input (Q14)
-            body = self._guided_stream(layer, "body", body_input, body_attended, t2, index, context,
-                                       time_memory, time_rotated)
-            stream = layer.merge(face + body, t2)
+
+            def keys_values(name: str, layer: SplitDecoderLayer = layer, index: int = index) -> tuple[Tensor, Tensor]:
+                """Cached audio keys/values of this layer and stream, then this step's two time tokens."""
+                time_keys, time_values = project_keys_values(layer.cross_attn(name), time_rotated, time_memory)
+                return (torch.cat([context.audio_keys[index][name], time_keys.repeat(2, 1, 1)], dim=1),
+                        torch.cat([context.audio_values[index][name], time_values.repeat(2, 1, 1)], dim=1))
+
+            stream = layer.layer_body(stream, body_input, t2, keys_values, face_attended, body_attended)
         out = self.final_layer(stream)
         unconditional, conditional = out[:n], out[n:]
         return unconditional + (conditional - unconditional) * context.guidance_weight
-
-    def _guided_stream(self, layer: SplitDecoderLayer, name: str, x: Tensor, attended: Tensor, t2: Tensor,
-                       index: int, context: GuidanceContext, time_memory: Tensor, time_rotated: Tensor) -> Tensor:
-        x = layer.after_self_attention(x, attended, name, t2)
-        attn = layer.cross_attn(name)
-        time_keys, time_values = project_keys_values(attn, time_rotated, time_memory)
-        keys = torch.cat([context.audio_keys[index][name], time_keys.repeat(2, 1, 1)], dim=1)
-        values = torch.cat([context.audio_values[index][name], time_values.repeat(2, 1, 1)], dim=1)
-        cross = cross_attention_query(attn, self.rotary, layer.norm(name, 2)(x), keys, values)
-        return x + featurewise_affine(layer.dropout2(cross), layer.film(name, 2)(t2))
 
 
 def draw_keep_mask(batch: int, drop_prob: float, device: torch.device | str,
@@ -511,23 +511,6 @@ def draw_keep_mask(batch: int, drop_prob: float, device: torch.device | str,
 
 # --------------------------------------------------------------------------------------------------------------
 # Construction and loading
-
-
-def init_weights_recipe(model: nn.Module, seed: int, scale_overrides: Optional[Mapping[str, float]] = None) -> None:
-    """The fixtures' random-weight recipe: parameter i (named_parameters order) gets Generator(seed + i).
-
-    ≥2-D '*weight': randn/sqrt(fan_in); other ≥2-D: randn; 1-D '*weight': 1 + 0.1·randn; other 1-D: 0.05·randn.
-    """
-    overrides = dict(scale_overrides or {})
-    with torch.no_grad():
-        for index, (name, param) in enumerate(model.named_parameters()):
-            generator = torch.Generator().manual_seed(seed + index)
-            noise = torch.randn(param.shape, generator=generator)
-            if param.ndim >= 2:
-                value = noise / math.sqrt(math.prod(param.shape[1:])) if name.endswith("weight") else noise
-            else:
-                value = 1 + 0.1 * noise if name.endswith("weight") else 0.05 * noise
-            param.copy_(value * overrides.get(name, 1.0))
 
 
 def build_smga(config: SMGAConfig = SMGAConfig(), device: torch.device | str = "cpu",

@@ -30,26 +30,25 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from mmgt_core.keypoints import PoseSequence
 from mmgt_core.pipeline import VideoInputs, VideoPipeline
-from mmgt_core.tiny_models import synthetic_reference_pose
-from mmgt_core.video.conditioning import branch_masks_from_regions
-from mmgt_core.video.config import (
-    AudioProjConfig,
-    MotionModuleConfig,
-    PoseGuiderConfig,
-    UNetConfig,
-    VideoNetConfig,
+from mmgt_core.tiny_models import (
+    moving_pose,
+    random_diffusers_model,
+    random_vae,
+    random_video_net,
+    random_wav2vec,
+    synthetic_speech,
+    tiny_video_net_config,
 )
+from mmgt_core.video.conditioning import branch_masks_from_regions
+from mmgt_core.video.config import UNetConfig, VideoNetConfig
 from mmgt_core.video.context import window_count
-from mmgt_core.video.motion_module import PositionalEncoding, sinusoidal_table
-from mmgt_core.video.net import VideoNet, build_video_net
+from mmgt_core.video.net import VideoNet
 from mmgt_core.video.sampler import VideoConditioning, reference_for_video
 from mmgt_core.video.scheduler import DEFAULT_STEPS
 from mmgt_core.video.settings import VideoSettings
@@ -60,75 +59,14 @@ WEIGHT_SEED = 2024
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Random real-size models
-
-
-def fill_random_(module: nn.Module, seed: int = WEIGHT_SEED) -> nn.Module:
-    """Give every parameter sane random values (fan-in scaled normal, unit norms, small biases) and rebuild the
-    motion-module position tables; storage from ``to_empty`` is garbage (possibly NaN/denormals, which are slow)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if parameter.ndim >= 2:
-                fan_in = parameter[0].numel()
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) / fan_in**0.5)
-            elif name.endswith("weight"):
-                parameter.fill_(1.0)
-            else:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
-        for sub in module.modules():
-            if isinstance(sub, PositionalEncoding):
-                sub.pe.copy_(sinusoidal_table(sub.pe.shape[1], sub.pe.shape[2]))
-    return module
-
-
-def random_video_net(config: VideoNetConfig, dtype: torch.dtype) -> VideoNet:
-    """The video net with random weights, built without ever holding a second copy."""
-    return fill_random_(build_video_net(config, dtype)).eval()
+# Random real-size models (the recipe and the toy sizes are mmgt_core.tiny_models')
 
 
 def random_sd15_unet(unet: UNetConfig, dtype: torch.dtype) -> nn.Module:
     """A plain diffusers ``UNet2DConditionModel`` of the same size (the baseline)."""
     from diffusers import UNet2DConditionModel
 
-    with torch.device("meta"):
-        model = UNet2DConditionModel(**unet.diffusers_config())
-    return fill_random_(model.to(dtype).to_empty(device="cpu")).eval()
-
-
-def random_vae(tiny: bool, dtype: torch.dtype) -> nn.Module:
-    """AutoencoderKL with the sd-vae-ft-mse layout (or a toy one)."""
-    from diffusers import AutoencoderKL
-
-    channels = (16, 16, 16, 16) if tiny else (128, 256, 512, 512)
-    blocks = 4
-    with torch.device("meta"):
-        vae = AutoencoderKL(block_out_channels=channels, down_block_types=("DownEncoderBlock2D",) * blocks,
-                            up_block_types=("UpDecoderBlock2D",) * blocks, layers_per_block=1 if tiny else 2,
-                            norm_num_groups=16 if tiny else 32, latent_channels=4, sample_size=512)
-    return fill_random_(vae.to(dtype).to_empty(device="cpu")).eval()
-
-
-def random_wav2vec(tiny: bool) -> nn.Module:
-    """wav2vec2-base-size ``Wav2Vec2Model`` (or a toy one), float32 like the official audio path."""
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    config = Wav2Vec2Config() if not tiny else Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-        conv_dim=(32,) * 7, num_conv_pos_embedding_groups=16)
-    torch.manual_seed(WEIGHT_SEED)
-    return Wav2Vec2Model(config).eval()
-
-
-def tiny_config() -> VideoNetConfig:
-    """A toy network with the real layout, for checking the benchmark itself quickly."""
-    return VideoNetConfig(
-        unet=UNetConfig(block_out_channels=(32, 32, 32, 32), cross_attention_dim=32, attention_heads=8),
-        motion=MotionModuleConfig(),
-        audio=replace(VideoNetConfig().audio, audio_attention_dim=48),
-        audio_proj=AudioProjConfig(blocks=4, channels=32, intermediate_dim=64, output_dim=48),
-        pose_guider=PoseGuiderConfig(embedding_channels=32),
-    )
+    return random_diffusers_model(UNet2DConditionModel, dtype, WEIGHT_SEED, **unet.diffusers_config())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,22 +126,11 @@ def _median_time(function: Callable[[], Any], repeats: int) -> float:
 # Synthetic inputs
 
 
-def moving_pose(frames: int, width: int, height: int) -> PoseSequence:
-    """The synthetic upper-body pose swaying a few pixels per frame (so every window's pose and masks differ)."""
-    base = synthetic_reference_pose(width, height).keypoints[0]
-    phase = torch.arange(frames, dtype=torch.float32)
-    sway = torch.stack([torch.sin(phase / 7), torch.cos(phase / 11)], dim=1) * min(width, height) * 0.02
-    keypoints = base[None].repeat(frames, 1, 1)
-    keypoints[..., :2] += sway[:, None, :]
-    return PoseSequence(keypoints, width, height)
-
-
 def _synthetic_inputs(frames: int, width: int, height: int, seed: int = 0) -> dict[str, Any]:
     """A moving pose (keypoints), a reference image and a speech-like waveform of the same length."""
     generator = torch.Generator().manual_seed(seed)
     image = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8)
-    samples = round(frames / 25 * 16000)
-    wave = torch.sin(torch.arange(samples) * 0.05) * (1 + torch.rand(samples, generator=generator)) * 0.3
+    wave = torch.from_numpy(synthetic_speech(frames / 25))
     return {"pose": moving_pose(frames, width, height), "image": image, "wave": wave}
 
 
@@ -292,14 +219,14 @@ def run_video_bench(
     if threads is not None:
         torch.set_num_threads(threads)
     log = print if verbose else (lambda *_args, **_kw: None)
-    config = tiny_config() if tiny else VideoNetConfig.sd15()
+    config = tiny_video_net_config() if tiny else VideoNetConfig.sd15()
     settings = VideoSettings(width=width, height=height, steps=steps)
     target = DTYPES[dtype]
     results: dict[str, Any] = {"size": [width, height], "steps": steps, "dtype": dtype, "tiny": tiny,
                                "threads": torch.get_num_threads(), "settings": vars(settings).copy()}
     log(f"[video bench] building the {'toy' if tiny else 'real-size'} network ...")
     build_dtype = torch.float32 if compare_fp32 and target != torch.float32 else target
-    build_s, net = _timed(lambda: random_video_net(config, build_dtype))
+    build_s, net = _timed(lambda: random_video_net(config, build_dtype, WEIGHT_SEED))
     results["build_s"] = build_s
     results["parameters"] = sum(p.numel() for p in net.parameters())
     if build_dtype != target:
@@ -317,7 +244,7 @@ def run_video_bench(
     results["sd15_forward_s"] = _sd15_forward_seconds(config.unet, settings, target, repeats)
     log(f"[video bench] plain SD1.5 UNet forward (batch 1, {height // 8}x{width // 8} latents, {dtype}): "
         f"{results['sd15_forward_s']:.3f}s")
-    vae, wav2vec = random_vae(tiny, target), random_wav2vec(tiny)
+    vae, wav2vec = random_vae(tiny, target, WEIGHT_SEED), random_wav2vec(tiny, WEIGHT_SEED)
     results["runs"] = [_length_run(net, vae, wav2vec, count, settings, target, results["sd15_forward_s"], log)
                        for count in frames]
     if len(results["runs"]) >= 2:

@@ -29,10 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
-from mmgt_core.tiny_models import synthetic_reference_pose, write_tiny_model_set
+from mmgt_core.tiny_models import synthetic_reference_pose, synthetic_speech, write_tiny_model_set
 from mmgt_core.video.bench import PeakRSS
 
 DEFAULT_SECONDS = (10.0, 60.0, 600.0)
@@ -41,13 +40,9 @@ MEMORY_TARGET = 1.3
 TIME_SPREAD_TARGET = 0.2
 
 
-def synthetic_speech(seconds: float, rate: int = SAMPLE_RATE) -> dict[str, Any]:
-    """A speech-like AUDIO dict: a 140 Hz voiced tone with a 4 Hz syllable envelope and a little noise."""
-    t = np.arange(int(round(seconds * rate)), dtype=np.float32) / rate
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t)
-    noise = np.random.default_rng(0).standard_normal(t.shape[0]).astype(np.float32) * 0.01
-    wave = 0.3 * np.sin(2 * np.pi * 140.0 * t) * envelope + noise
-    return {"waveform": torch.from_numpy(wave)[None, None], "sample_rate": rate}
+def speech_audio(seconds: float, rate: int = SAMPLE_RATE) -> dict[str, Any]:
+    """The synthetic speech as a ComfyUI AUDIO dict."""
+    return {"waveform": torch.from_numpy(synthetic_speech(seconds, rate))[None, None], "sample_rate": rate}
 
 
 def _node_classes() -> dict[str, type]:
@@ -138,9 +133,9 @@ def run_length_bench(seconds: Sequence[float] = DEFAULT_SECONDS, size: int = 128
     with tempfile.TemporaryDirectory() as folder:
         models = write_tiny_model_set(Path(folder) / "mmgt")
         chain = AudioToVideoChain(models, size, steps, dtype)
-        chain.run(synthetic_speech(1.0))  # warm-up: first-call allocations are not the length's cost
+        chain.run(speech_audio(1.0))  # warm-up: first-call allocations are not the length's cost
         for length in seconds:
-            audio = synthetic_speech(length)
+            audio = speech_audio(length)
             started = time.perf_counter()
             with PeakRSS() as memory:
                 frames = chain.run(audio)

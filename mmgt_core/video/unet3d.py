@@ -67,19 +67,21 @@ def _audio(config: VideoNetConfig, layer_in: int, channels: int, zero_init: bool
                             zero_init)
 
 
-class CrossAttnDownBlock3D(CheckpointedLayers):
-    """Down block with spatial attention, optional audio modules and motion modules."""
+class DownBlock3D(CheckpointedLayers):
+    """Down block; with ``cross_attention`` it has spatial attention and, at the audio depths, audio modules
+    (CrossAttnDownBlock3D): per layer resnet -> spatial attn -> AM -> MM; then downsample."""
 
     def __init__(self, config: VideoNetConfig, in_channels: int, out_channels: int, depth: int, add_downsample: bool,
-                 use_motion: bool, zero_init: bool = True) -> None:
+                 use_motion: bool, cross_attention: bool, zero_init: bool = True) -> None:
         super().__init__()
         unet, layers = config.unet, config.unet.layers_per_block
         layer_inputs = [in_channels] + [out_channels] * (layers - 1)
         self.depth = depth
-        self.attentions = nn.ModuleList([_spatial(unet, out_channels) for _ in range(layers)])
+        if cross_attention:
+            self.attentions = nn.ModuleList([_spatial(unet, out_channels) for _ in range(layers)])
         self.resnets = nn.ModuleList([_resnet(unet, layer_in, out_channels) for layer_in in layer_inputs])
         self.audio_modules = None
-        if depth in config.audio.down_block_depths:
+        if cross_attention and depth in config.audio.down_block_depths:
             self.audio_modules = nn.ModuleList(
                 [_audio(config, layer_in, out_channels, zero_init) for layer_in in layer_inputs]
             )
@@ -87,38 +89,15 @@ class CrossAttnDownBlock3D(CheckpointedLayers):
         self.downsamplers = _downsamplers(unet, out_channels) if add_downsample else None
 
     def forward(self, frames: torch.Tensor, inputs: StepInputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        skips = []
-        for index, (resnet, attention) in enumerate(zip(self.resnets, self.attentions, strict=True)):
-            frames = self.run(resnet, frames, inputs.temb)
-            frames = self.run(attention, frames, inputs)
-            if self.audio_modules is not None:
-                frames = self.run(self.audio_modules[index], frames, inputs.audio_tokens,
-                                  inputs.level_masks[self.depth], inputs.branch_weights)
-            if self.motion_modules is not None:
-                frames = self.run(self.motion_modules[index], frames, inputs.video_length)
-            skips.append(frames)
-        if self.downsamplers is not None:
-            frames = self.downsamplers[0](frames)
-            skips.append(frames)
-        return frames, skips
-
-
-class DownBlock3D(CheckpointedLayers):
-    """Down block without attention: resnet -> motion module per layer."""
-
-    def __init__(self, config: VideoNetConfig, in_channels: int, out_channels: int, add_downsample: bool,
-                 use_motion: bool, zero_init: bool = True) -> None:
-        super().__init__()
-        unet, layers = config.unet, config.unet.layers_per_block
-        layer_inputs = [in_channels] + [out_channels] * (layers - 1)
-        self.resnets = nn.ModuleList([_resnet(unet, layer_in, out_channels) for layer_in in layer_inputs])
-        self.motion_modules = _motion_modules(config, out_channels, layers, use_motion, zero_init)
-        self.downsamplers = _downsamplers(unet, out_channels) if add_downsample else None
-
-    def forward(self, frames: torch.Tensor, inputs: StepInputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        attentions = getattr(self, "attentions", None)
         skips = []
         for index, resnet in enumerate(self.resnets):
             frames = self.run(resnet, frames, inputs.temb)
+            if attentions is not None:
+                frames = self.run(attentions[index], frames, inputs)
+            if self.audio_modules is not None:
+                frames = self.run(self.audio_modules[index], frames, inputs.audio_tokens,
+                                  inputs.level_masks[self.depth], inputs.branch_weights)
             if self.motion_modules is not None:
                 frames = self.run(self.motion_modules[index], frames, inputs.video_length)
             skips.append(frames)
@@ -212,11 +191,8 @@ class DenoisingUNet3D(nn.Module):
             in_channels = channels[max(depth - 1, 0)]
             last = depth == len(channels) - 1
             use_motion = 2**depth in config.motion.resolutions
-            if last:
-                block: nn.Module = DownBlock3D(config, in_channels, out_channels, not last, use_motion, zero_init)
-            else:
-                block = CrossAttnDownBlock3D(config, in_channels, out_channels, depth, not last, use_motion, zero_init)
-            self.down_blocks.append(block)
+            self.down_blocks.append(DownBlock3D(config, in_channels, out_channels, depth, add_downsample=not last,
+                                                use_motion=use_motion, cross_attention=not last, zero_init=zero_init))
 
     def _build_up_blocks(self, config: VideoNetConfig, zero_init: bool) -> None:
         reversed_channels = list(reversed(config.unet.block_out_channels))
@@ -330,7 +306,7 @@ class DenoisingUNet3D(nn.Module):
 
     def _level_masks(self, masks: BranchMaskLevels | None, batch: int, frames: int, height: int, width: int,
                      device: torch.device) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        depths = [block.depth for block in self.down_blocks if getattr(block, "audio_modules", None) is not None]
+        depths = [block.depth for block in self.down_blocks if block.audio_modules is not None]
         if not depths:
             return {}
         if masks is None:
