@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import WeightsError
-from .file_modes import give_ordinary_mode
+from .files import atomic_write
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -226,19 +225,11 @@ def save_weights(
 ) -> Path:
     """Write ``state_dict`` as safetensors with MMGT metadata, atomically (temp file + rename)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share storage; the official SMGA shares one rotary buffer.
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state_dict.items()}
     metadata = {META_COMPONENT: component, META_CONFIG: json.dumps(_jsonable(config or {})), META_SOURCE: source}
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temp_name, metadata=metadata)
-        give_ordinary_mode(temp_name)
-        os.replace(temp_name, target)
-    finally:
-        if os.path.exists(temp_name):
-            os.remove(temp_name)
+    with atomic_write(target) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
     return target
 
 

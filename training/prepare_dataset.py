@@ -50,6 +50,7 @@ from scipy.io import wavfile
 
 from mmgt_core.audio.waveform import prepare_audio
 from mmgt_core.errors import InputError, MMGTError, WeightsError
+from mmgt_core.files import replace_folder, write_json_atomically
 from mmgt_core.keypoints import NUM_KEYPOINTS, PoseSequence, to_official_feature
 from mmgt_core.pose_detect.select import looks_like_a_person
 from mmgt_core.video.conditioning import cover_resize
@@ -70,7 +71,6 @@ from .video_data import (
     FrameWriter,
     Manifest,
     stage2_start_range,
-    write_json_atomically,
 )
 
 AUDIO_RATE = 16000
@@ -525,9 +525,7 @@ class VideoPreparer:
             os.replace(file, shared / file.name)
         (work / STAGE1_DIR).rmdir()
         write_json_atomically({"fingerprint": self.fingerprint, "entry": asdict(entry)}, work / CLIP_RECORD)
-        target = self.out / "clips" / clip_id
-        shutil.rmtree(target, ignore_errors=True)  # an unfinished folder from an interrupted run
-        os.replace(work, target)
+        replace_folder(work, self.out / "clips" / clip_id)
 
 
 def _truncate_frames(folder: Path, frames: int) -> None:

@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmgt_core.errors import InputError, MMGTError, WeightsError
+from mmgt_core.files import replace_folder, write_json_atomically
 from mmgt_core.types import OptionalCancel, OptionalProgress
 from mmgt_core.video.conditioning import clip_image_embeds, load_clip_image_encoder
 from mmgt_core.video.config import RELEASED_BRANCH_WEIGHTS, VideoNetConfig
@@ -65,7 +66,6 @@ from .video_data import (
     full_frame_box,
     load_manifest,
     to_model_pixels,
-    write_json_atomically,
 )
 
 CHECKPOINT_DIR = "checkpoints"
@@ -298,11 +298,7 @@ def save_checkpoint(out_dir: Path, step: int, trainable: dict[str, torch.Tensor]
         _write_trainable(temp, trainable)
         _write_optimizer_state(temp, optimizer_payload)
         write_json_atomically(state, temp / STATE_FILE)  # last: marks the folder as complete
-        if final.exists():
-            old = root / f".old-step-{step:08d}-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(temp, final)
+        replace_folder(temp, final)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     for _, stale in checkpoint_dirs(out_dir)[:-max(keep_last, 1)]:
@@ -315,7 +311,7 @@ def remove_unfinished_checkpoints(out_dir: Path) -> None:
     root = Path(out_dir) / CHECKPOINT_DIR
     if root.is_dir():
         for child in root.iterdir():
-            if child.name.startswith((".tmp-step-", ".old-step-")):
+            if child.name.startswith((".tmp-step-", ".old-step-")):  # .old-*: see replace_folder
                 shutil.rmtree(child, ignore_errors=True)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch.utils.data import Dataset, Sampler
 
 from mmgt_core.audio.wav2vec import audio_context_windows
 from mmgt_core.errors import InputError
+from mmgt_core.files import write_json_atomically
 from mmgt_core.keypoints import PoseSequence, mask_leg_pixels
 from mmgt_core.masks import keypoint_mask_pyramids
 from mmgt_core.render import draw_pose_frame
@@ -191,20 +191,6 @@ class Manifest:
         """Write atomically (temp file + rename)."""
         write_json_atomically(self.to_json(), path)
         return path
-
-
-def write_json_atomically(data: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1)
-        os.chmod(temp, 0o644)  # mkstemp makes it private; a data set is meant to be shared
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
 
 
 STEP_FILES = {1: ("frames", "frames_index", "keypoints"), 2: ("frames", "frames_index", "keypoints", "wav2vec")}
