@@ -170,8 +170,8 @@ def _stage2(args: argparse.Namespace, models: Path, device: torch.device, dtype:
     """Stage II through the pipeline object (pose frames and masks drawn per window from ``pose``): the video
     latents (1, 4, T, h, w) at 25 fps and the VAE that decodes them (the caller streams the decode into the mp4)."""
     from .audio.wav2vec import load_wav2vec2, wav2vec2_features
+    from .pretrained import load_vae
     from .video.conditioning import load_clip_image_encoder
-    from .video.decode import load_vae
     from .video.net import load_video_net
 
     started = time.perf_counter()
