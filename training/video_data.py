@@ -40,7 +40,7 @@ from mmgt_core.files import write_json_atomically
 from mmgt_core.keypoints import PoseSequence, mask_leg_pixels
 from mmgt_core.masks import keypoint_mask_pyramids
 from mmgt_core.render import draw_pose_frame
-from mmgt_core.video.conditioning import BranchMasks, compose_branch_masks
+from mmgt_core.video.conditioning import BranchMasks, compose_branch_masks, cover_box
 
 from .config import DataSettings
 
@@ -284,12 +284,7 @@ class CropBox:
 
 def full_frame_box(width: int, height: int, out_size: tuple[int, int]) -> CropBox:
     """The centred crop of the output aspect ratio (the whole frame when the aspect ratios agree)."""
-    out_w, out_h = out_size
-    if width * out_h > height * out_w:
-        crop_w, crop_h = height * out_w / out_h, float(height)
-    else:
-        crop_w, crop_h = float(width), width * out_h / out_w
-    return CropBox((width - crop_w) / 2, (height - crop_h) / 2, crop_w, crop_h, out_size)
+    return CropBox(*cover_box(width, height, *out_size), out_size)
 
 
 def random_resized_crop_box(rng: np.random.Generator, width: int, height: int, out_size: tuple[int, int],
