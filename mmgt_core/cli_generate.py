@@ -192,8 +192,8 @@ def _stage2_audio_features(models: Path, device: torch.device, audio: torch.Tens
 
 def _video_pipeline(models: Path, device: torch.device, dtype: torch.dtype) -> VideoPipeline:
     """The Stage-II models (video network, VAE, CLIP image encoder) from ``models``."""
+    from .pretrained import load_vae
     from .video.conditioning import load_clip_image_encoder
-    from .video.decode import load_vae
     from .video.net import load_video_net
 
     return VideoPipeline(load_video_net(model_path(models, "video_net"), dtype=dtype, device=device),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import InputError
-from .file_modes import give_ordinary_mode
+from .files import atomic_write, write_json_atomically
 from .keypoints import (
     FEATURE_DIM,
     NUM_KEYPOINTS,
@@ -69,17 +68,9 @@ def _load_npy(file: Path, width: int, height: int, fps: float) -> tuple[PoseSequ
 def save_keypoints_file(sequence: PoseSequence, path: str | os.PathLike[str]) -> Path:
     """Write a sequence as safetensors (atomically), with its canvas and frame rate in the metadata."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        save_file({"keypoints": sequence.keypoints.float().contiguous()}, temp_name,
+    with atomic_write(target) as temp:
+        save_file({"keypoints": sequence.keypoints.float().contiguous()}, str(temp),
                   metadata={"width": str(sequence.width), "height": str(sequence.height), "fps": str(sequence.fps)})
-        give_ordinary_mode(temp_name)
-        os.replace(temp_name, target)
-    finally:
-        if os.path.exists(temp_name):
-            os.remove(temp_name)
     return target
 
 
@@ -99,9 +90,4 @@ def save_sequence(sequence: PoseSequence, folder: str | os.PathLike[str], prefix
         number += 1
     if file_format == "safetensors":
         return save_keypoints_file(sequence, target)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(to_pose_keypoint(sequence), stream)
-    give_ordinary_mode(temp_name)
-    os.replace(temp_name, target)
-    return target
+    return write_json_atomically(to_pose_keypoint(sequence), target, indent=None)

@@ -12,7 +12,9 @@ frame before the cut, and by less than one audio sample after it. Both counts li
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
+import numpy as np
 import torch
 
 from .audio.waveform import audio_sample_count, video_frame_count
@@ -56,15 +58,24 @@ def resample_keypoints(sequence: PoseSequence, fps_out: float, count: int | None
     return PoseSequence(out, sequence.width, sequence.height, fps_out)
 
 
+Rows = TypeVar("Rows", torch.Tensor, np.ndarray)
+
+
+def fit_length(rows: Rows, count: int) -> Rows:
+    """Exactly ``count`` rows (first axis): the first ``count``, or all of them and the last repeated."""
+    if rows.shape[0] >= count:
+        return rows[:count]
+    return rows[np.minimum(np.arange(count), rows.shape[0] - 1)]
+
+
 def match_length(frames: torch.Tensor, count: int) -> tuple[torch.Tensor, str]:
     """Trim, or pad by repeating the last frame, to exactly ``count`` frames; says what it did."""
     have = frames.shape[0]
     if have == count:
         return frames, ""
     if have > count:
-        return frames[:count], f"trimmed {have - count} frame(s) to match {count}"
-    padding = frames[-1:].expand(count - have, *frames.shape[1:])
-    return torch.cat([frames, padding]), f"padded {count - have} frame(s) (last frame repeated) to match {count}"
+        return fit_length(frames, count), f"trimmed {have - count} frame(s) to match {count}"
+    return fit_length(frames, count), f"padded {count - have} frame(s) (last frame repeated) to match {count}"
 
 
 def output_frame_count(generated: int, audio_samples: int | None, sample_rate: int, fps: float) -> int:

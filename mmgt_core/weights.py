@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import WeightsError
-from .file_modes import give_ordinary_mode
+from .files import atomic_write
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -187,18 +186,26 @@ def require_component(
         )
 
 
+def nothing_allowed(key: str) -> bool:
+    """The default allowance of :func:`strict_load`: no key may be missing or ignored."""
+    return False
+
+
 def _describe_keys(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def strict_load(
-    module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], component: str, source: str
-) -> None:
-    """Load ``state_dict`` into ``module`` strictly, or raise WeightsError listing every mismatch."""
+    module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], component: str, source: str,
+    may_lack: Callable[[str], bool] = nothing_allowed, may_ignore: Callable[[str], bool] = nothing_allowed,
+) -> list[str]:
+    """Load ``state_dict`` into ``module``: every key must match by name and shape, or WeightsError lists every
+    mismatch. ``may_lack(key)`` lets a module key keep its initial value; ``may_ignore(key)`` drops a file key the
+    module lacks. Returns the loaded keys."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
+    missing = sorted(key for key in set(own) - set(state_dict) if not may_lack(key))
+    unexpected = sorted(key for key in set(state_dict) - set(own) if not may_ignore(key))
     mis_shaped = sorted(
         f"{key} (file {tuple(state_dict[key].shape)} vs model {tuple(own[key].shape)})"
         for key in set(own) & set(state_dict)
@@ -214,7 +221,9 @@ def strict_load(
             parts.append(f"{len(mis_shaped)} keys with other shapes [{_describe_keys(mis_shaped)}]")
         parts.append("Check that the file is the right component and the model config matches it.")
         raise WeightsError(" ".join(parts))
-    module.load_state_dict(dict(state_dict), strict=True)
+    usable = {key: value for key, value in state_dict.items() if key in own}
+    module.load_state_dict(usable, strict=len(usable) == len(own))
+    return sorted(usable)
 
 
 def save_weights(
@@ -226,19 +235,11 @@ def save_weights(
 ) -> Path:
     """Write ``state_dict`` as safetensors with MMGT metadata, atomically (temp file + rename)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share storage; the official SMGA shares one rotary buffer.
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state_dict.items()}
     metadata = {META_COMPONENT: component, META_CONFIG: json.dumps(_jsonable(config or {})), META_SOURCE: source}
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temp_name, metadata=metadata)
-        give_ordinary_mode(temp_name)
-        os.replace(temp_name, target)
-    finally:
-        if os.path.exists(temp_name):
-            os.remove(temp_name)
+    with atomic_write(target) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
     return target
 
 

@@ -23,10 +23,11 @@ from mmgt_core.memory import (
     vae_decode_bytes,
 )
 from mmgt_core.pipeline import VideoInputs, VideoPipeline
+from mmgt_core.pretrained import load_vae
 from mmgt_core.timeline import trim_audio
 from mmgt_core.video.conditioning import MASK_MODES, clip_image_embeds, load_clip_image_encoder
 from mmgt_core.video.context import SCHEDULES
-from mmgt_core.video.decode import VAE_SCALING, decode_latents, load_vae
+from mmgt_core.video.decode import VAE_SCALING, decode_latents
 from mmgt_core.video.net import VideoNet, load_video_net
 from mmgt_core.video.scheduler import SCHEDULERS
 from mmgt_core.video.settings import RELEASED, VideoSettings

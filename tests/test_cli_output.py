@@ -31,7 +31,7 @@ CHILD = """
 import sys, time, torch
 from mmgt_core import cli_generate, video_io
 from mmgt_core.__main__ import main
-from mmgt_core.video.decode import load_vae
+from mmgt_core.pretrained import load_vae
 
 def stage2(args, models, *rest):
     return torch.randn(1, 4, {frames}, 8, 8), load_vae(models / "sd-vae-ft-mse")
@@ -144,7 +144,7 @@ def test_a_run_stopped_during_the_write_leaves_only_the_previous_output(inputs, 
 
 
 def test_generate_streams_the_whole_video_in_sync(inputs, tmp_path, monkeypatch):
-    from mmgt_core.video.decode import load_vae
+    from mmgt_core.pretrained import load_vae
     from mmgt_core.video_io import probe_av_sync
 
     def stage2(args, models, *rest):

@@ -50,9 +50,11 @@ from scipy.io import wavfile
 
 from mmgt_core.audio.waveform import prepare_audio
 from mmgt_core.errors import InputError, MMGTError, WeightsError
+from mmgt_core.files import replace_folder, write_json_atomically
 from mmgt_core.keypoints import NUM_KEYPOINTS, PoseSequence, to_official_feature
 from mmgt_core.pose_detect.select import looks_like_a_person
-from mmgt_core.video.conditioning import cover_resize
+from mmgt_core.timeline import fit_length
+from mmgt_core.video.conditioning import cover_points, cover_resize
 from mmgt_core.video_io import read_audio
 
 from .config import PrepareConfig
@@ -70,7 +72,6 @@ from .video_data import (
     FrameWriter,
     Manifest,
     stage2_start_range,
-    write_json_atomically,
 )
 
 AUDIO_RATE = 16000
@@ -222,7 +223,7 @@ class AudioModels:
         from mmgt_core.audio.wav2vec import wav2vec2_features
 
         features, _ = wav2vec2_features(self.wav2vec, wave16k, AUDIO_RATE)
-        return _fit_rows(features, frames)
+        return fit_length(features, frames)  # the 25 fps rounding may give one more row
 
     def stage1(self, wave16k: torch.Tensor, frames: int) -> Optional[torch.Tensor]:
         """(frames, D) Stage-I features, or None for kind 'none'."""
@@ -234,21 +235,13 @@ class AudioModels:
             return edge_features(wave16k, AUDIO_RATE, n_frames=frames)
         from mmgt_core.audio.stage1 import stage1_features
 
-        return _fit_rows(stage1_features(wave16k, AUDIO_RATE, self.wavlm), frames)
+        return fit_length(stage1_features(wave16k, AUDIO_RATE, self.wavlm), frames)
 
     def dims(self) -> dict[str, int]:
         config = self.wav2vec.config
         stage1 = {"wavlm_edge": (self.wavlm.hidden_size + 35) if self.wavlm else 0, "edge": 35, "none": 0}[self.kind]
         return {"wav2vec_layers": int(config.num_hidden_layers), "wav2vec_hidden": int(config.hidden_size),
                 "stage1_feature_dim": stage1}
-
-
-def _fit_rows(features: torch.Tensor, frames: int) -> torch.Tensor:
-    """Cut to ``frames`` rows (the 25 fps rounding may give one more), or repeat the last row."""
-    if features.shape[0] >= frames:
-        return features[:frames].contiguous()
-    pad = features[-1:].expand(frames - features.shape[0], *features.shape[1:])
-    return torch.cat([features, pad]).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -346,19 +339,8 @@ def resampled_frames(path: Path, fps: float) -> Iterator[tuple[int, np.ndarray, 
 
 def _keypoint_mapper(source_w: int, source_h: int, width: int, height: int) -> Callable[[np.ndarray], np.ndarray]:
     """Source-video pixels -> prepared-frame pixels under the same centre crop + resize as the frames."""
-    if source_w * height > source_h * width:
-        crop_w, crop_h = source_h * width / height, float(source_h)
-    else:
-        crop_w, crop_h = float(source_w), source_w * height / width
-    left, top = (source_w - crop_w) / 2, (source_h - crop_h) / 2
-
-    def to_frame(points: np.ndarray) -> np.ndarray:
-        out = np.array(points, dtype=np.float32, copy=True)
-        out[..., 0] = (out[..., 0] - left) * width / crop_w
-        out[..., 1] = (out[..., 1] - top) * height / crop_h
-        return out
-
-    return to_frame
+    return lambda points: cover_points(np.array(points, dtype=np.float32, copy=True), source_w, source_h, width,
+                                       height)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -525,9 +507,7 @@ class VideoPreparer:
             os.replace(file, shared / file.name)
         (work / STAGE1_DIR).rmdir()
         write_json_atomically({"fingerprint": self.fingerprint, "entry": asdict(entry)}, work / CLIP_RECORD)
-        target = self.out / "clips" / clip_id
-        shutil.rmtree(target, ignore_errors=True)  # an unfinished folder from an interrupted run
-        os.replace(work, target)
+        replace_folder(work, self.out / "clips" / clip_id)
 
 
 def _truncate_frames(folder: Path, frames: int) -> None:

@@ -17,8 +17,6 @@ import argparse
 import copy
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from mmgt_core.errors import InputError
+from mmgt_core.files import atomic_write
 from mmgt_core.smga.diffusion import cosine_schedule, p_losses
 from mmgt_core.smga.model import GestureDecoder, SMGAConfig, load_smga
 from mmgt_core.types import OptionalCancel, OptionalProgress
@@ -128,19 +127,6 @@ def get_batch(dataset: Dataset, indices: torch.Tensor, device: torch.device) -> 
     return tuple(item.to(device) for item in items)
 
 
-def save_atomically(payload: dict[str, Any], path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(payload, temp_name)
-        os.replace(temp_name, path)
-    finally:
-        if os.path.exists(temp_name):
-            os.remove(temp_name)
-
-
 class Trainer:
     """Holds the model, its EMA copy, the optimizer and the RNG; one ``step()`` = one optimizer update."""
 
@@ -202,7 +188,9 @@ class Trainer:
         torch.set_rng_state(state["torch_rng_state"])
 
     def save(self, out_dir: Path) -> None:
-        save_atomically(self.state(), out_dir / STATE_FILE)
+        """The resumable state, written atomically: a crash never leaves half a checkpoint."""
+        with atomic_write(out_dir / STATE_FILE) as temp:
+            torch.save(self.state(), temp)
 
     def export(self, out_dir: Path) -> Path:
         """EMA weights → safetensors with component 'smga' and the model config (loadable by load_smga)."""

@@ -31,7 +31,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -44,13 +44,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmgt_core.errors import InputError, MMGTError, WeightsError
+from mmgt_core.files import replace_folder, write_json_atomically
 from mmgt_core.types import OptionalCancel, OptionalProgress
 from mmgt_core.video.conditioning import clip_image_embeds, load_clip_image_encoder
 from mmgt_core.video.config import RELEASED_BRANCH_WEIGHTS, VideoNetConfig
 from mmgt_core.video.decode import encode_images
 from mmgt_core.video.net import VideoNet
 from mmgt_core.video.scheduler import make_scheduler
-from mmgt_core.weights import COMPONENT_VIDEO_NET, load_weights, read_config, save_weights
+from mmgt_core.weights import COMPONENT_VIDEO_NET, load_weights, read_config, save_weights, strict_load
 
 from .config import TrainVideoConfig, apply_overrides, load_train_config, save_config
 from .video_data import (
@@ -65,7 +66,6 @@ from .video_data import (
     full_frame_box,
     load_manifest,
     to_model_pixels,
-    write_json_atomically,
 )
 
 CHECKPOINT_DIR = "checkpoints"
@@ -74,6 +74,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 LOG_FILE = "train_log.jsonl"
 EXPORT_NAMES = {1: "mmgt_video_step1.safetensors", 2: "mmgt_video_step2.safetensors"}
+TRAINED_NET = "video network being trained"  # how weight-mismatch errors name it
 TRAINING_META_KEY = "mmgt_training"  # extra entry in the exported config: the full net config + provenance
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -113,41 +114,18 @@ def _is_temporal_or_audio(key: str) -> bool:
     return ".motion_modules." in key or ".audio_modules." in key
 
 
-def load_matching(net: nn.Module, state: dict[str, torch.Tensor], source: str,
-                  may_lack: Callable[[str], bool] = lambda key: False,
-                  may_ignore: Callable[[str], bool] = lambda key: False) -> list[str]:
-    """Load ``state`` into ``net``: every key must match by name and shape except the ones the predicates allow.
-
-    ``may_lack(key)``: a net key the file may leave at its initial value; ``may_ignore(key)``: a file key that is
-    dropped. Returns the loaded keys; raises WeightsError naming what does not fit.
-    """
-    own = net.state_dict()
-    unexpected = [k for k in state if k not in own and not may_ignore(k)]
-    missing = [k for k in own if k not in state and not may_lack(k)]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
-              if k in own and state[k].shape != own[k].shape]
-    if unexpected or missing or shapes:
-        raise WeightsError(f"'{source}' does not fit the network being trained: {len(missing)} missing "
-                           f"{missing[:4]}, {len(unexpected)} unexpected {unexpected[:4]}, {len(shapes)} of another "
-                           f"shape {shapes[:4]}. Check models.net_config against the file.")
-    usable = {k: v for k, v in state.items() if k in own}
-    net.load_state_dict(usable, strict=False)
-    return sorted(usable)
-
-
 def load_base_unet(net: VideoNet, folder: str) -> None:
     """SD-layout UNet weights (diffusers folder) into both UNets; the ReferenceNet has no conv_norm_out/conv_out."""
     from diffusers import UNet2DConditionModel
 
-    try:
-        unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"could not load the base UNet from '{folder}': {exc}. Use a diffusers 'unet' folder "
-                           "(official step 1: sd-image-variations-diffusers/unet).") from exc
+    from mmgt_core.pretrained import load_pretrained
+
+    unet = load_pretrained(UNet2DConditionModel, folder, "base UNet", fix="Use a diffusers 'unet' folder "
+                           "(official step 1: sd-image-variations-diffusers/unet).")
     state = unet.state_dict()
     head = ("conv_norm_out.", "conv_out.")  # absent in the ReferenceNet
-    load_matching(net.reference_unet, state, folder, may_ignore=lambda k: k.startswith(head))
-    load_matching(net.denoising_unet, state, folder, may_lack=_is_temporal_or_audio)
+    strict_load(net.reference_unet, state, "ReferenceNet", folder, may_ignore=lambda k: k.startswith(head))
+    strict_load(net.denoising_unet, state, "denoising UNet", folder, may_lack=_is_temporal_or_audio)
 
 
 def load_pose_guider_init(net: VideoNet, path: str) -> None:
@@ -158,7 +136,7 @@ def load_pose_guider_init(net: VideoNet, path: str) -> None:
     if not picked:
         raise WeightsError(f"'{path}' has no controlnet_cond_embedding.* weights; use "
                            "control_v11p_sd15_openpose/diffusion_pytorch_model.bin (or .safetensors).")
-    load_matching(net.pose_guider, picked, path, may_lack=lambda k: k.startswith("conv_out."))
+    strict_load(net.pose_guider, picked, "PoseGuider", path, may_lack=lambda k: k.startswith("conv_out."))
 
 
 def load_motion_module(net: VideoNet, path: str) -> int:
@@ -168,7 +146,7 @@ def load_motion_module(net: VideoNet, path: str) -> int:
     own = {k for k in net.state_dict() if ".motion_modules." in k}
     if not motion:
         raise WeightsError(f"'{path}' holds no motion-module weights; use AnimateDiff's mm_sd_v15_v2.ckpt.")
-    load_matching(net, motion, path, may_lack=lambda k: k not in own)
+    strict_load(net, motion, TRAINED_NET, path, may_lack=lambda k: k not in own)
     return len(motion)
 
 
@@ -183,7 +161,7 @@ def build_net(config: TrainVideoConfig, full: VideoNetConfig) -> VideoNet:
             load_base_unet(net, models.base_unet)
         if models.init_net:
             state, _ = load_weights(models.init_net)
-            load_matching(net, state, models.init_net, may_ignore=_is_temporal_or_audio)
+            strict_load(net, state, TRAINED_NET, models.init_net, may_ignore=_is_temporal_or_audio)
         if models.pose_guider_init:
             load_pose_guider_init(net, models.pose_guider_init)
         return net
@@ -191,7 +169,7 @@ def build_net(config: TrainVideoConfig, full: VideoNetConfig) -> VideoNet:
         raise InputError("models.init_net", "step 2 starts from the step-1 network.",
                          "Set models.init_net to the step-1 export (mmgt_video_step1.safetensors).")
     state, _ = load_weights(models.init_net)
-    load_matching(net, state, models.init_net, may_lack=lambda k: _is_temporal_or_audio(k))
+    strict_load(net, state, TRAINED_NET, models.init_net, may_lack=_is_temporal_or_audio)
     if models.motion_module:
         load_motion_module(net, models.motion_module)
     return net
@@ -298,11 +276,7 @@ def save_checkpoint(out_dir: Path, step: int, trainable: dict[str, torch.Tensor]
         _write_trainable(temp, trainable)
         _write_optimizer_state(temp, optimizer_payload)
         write_json_atomically(state, temp / STATE_FILE)  # last: marks the folder as complete
-        if final.exists():
-            old = root / f".old-step-{step:08d}-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(temp, final)
+        replace_folder(temp, final)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     for _, stale in checkpoint_dirs(out_dir)[:-max(keep_last, 1)]:
@@ -315,7 +289,7 @@ def remove_unfinished_checkpoints(out_dir: Path) -> None:
     root = Path(out_dir) / CHECKPOINT_DIR
     if root.is_dir():
         for child in root.iterdir():
-            if child.name.startswith((".tmp-step-", ".old-step-")):
+            if child.name.startswith((".tmp-step-", ".old-step-")):  # .old-*: see replace_folder
                 shutil.rmtree(child, ignore_errors=True)
 
 
@@ -524,7 +498,8 @@ class VideoTrainer:
         if state.get("train_step") != self.config.step or VideoNetConfig.from_dict(state["net"]) != self.full_config:
             raise InputError("out_dir", f"the checkpoint '{folder}' belongs to another run (step or network differ).",
                              "Use a new out_dir, or set checkpoint.resume: false to start over.")
-        load_matching(self.unwrapped, tensors, str(folder), may_lack=lambda k: k not in set(self.trainable))
+        trainable = set(self.trainable)
+        strict_load(self.unwrapped, tensors, TRAINED_NET, str(folder), may_lack=lambda k: k not in trainable)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.lr_schedule.load_state_dict(payload["lr_schedule"])
         scaler = getattr(self.accelerator, "scaler", None)
@@ -690,7 +665,7 @@ def frozen_dtype(accelerator: Any) -> torch.dtype:
 
 def load_frozen_encoders(config: TrainVideoConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """The VAE (diffusers folder) and the CLIP image encoder, frozen in eval mode."""
-    from mmgt_core.video.decode import load_vae
+    from mmgt_core.pretrained import load_vae
 
     vae = load_vae(config.models.vae, device, dtype).requires_grad_(False)
     clip = load_clip_image_encoder(config.models.image_encoder, device=device, dtype=dtype).requires_grad_(False)
@@ -815,5 +790,5 @@ if __name__ == "__main__":
 
 
 __all__ = ["TrainResult", "VideoTrainer", "VideoTrainingModule", "build_net", "diffusion_loss", "export_net",
-           "image_only", "load_matching", "load_motion_module", "main", "min_snr_weights",
+           "image_only", "load_motion_module", "main", "min_snr_weights",
            "render_validation", "save_checkpoint", "train_video", "trainable_names"]

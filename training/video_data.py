@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,10 +36,11 @@ from torch.utils.data import Dataset, Sampler
 
 from mmgt_core.audio.wav2vec import audio_context_windows
 from mmgt_core.errors import InputError
+from mmgt_core.files import write_json_atomically
 from mmgt_core.keypoints import PoseSequence, mask_leg_pixels
 from mmgt_core.masks import keypoint_mask_pyramids
 from mmgt_core.render import draw_pose_frame
-from mmgt_core.video.conditioning import BranchMasks, compose_branch_masks
+from mmgt_core.video.conditioning import BranchMasks, compose_branch_masks, cover_box
 
 from .config import DataSettings
 
@@ -193,20 +193,6 @@ class Manifest:
         return path
 
 
-def write_json_atomically(data: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1)
-        os.chmod(temp, 0o644)  # mkstemp makes it private; a data set is meant to be shared
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-
-
 STEP_FILES = {1: ("frames", "frames_index", "keypoints"), 2: ("frames", "frames_index", "keypoints", "wav2vec")}
 
 
@@ -298,12 +284,7 @@ class CropBox:
 
 def full_frame_box(width: int, height: int, out_size: tuple[int, int]) -> CropBox:
     """The centred crop of the output aspect ratio (the whole frame when the aspect ratios agree)."""
-    out_w, out_h = out_size
-    if width * out_h > height * out_w:
-        crop_w, crop_h = height * out_w / out_h, float(height)
-    else:
-        crop_w, crop_h = float(width), width * out_h / out_w
-    return CropBox((width - crop_w) / 2, (height - crop_h) / 2, crop_w, crop_h, out_size)
+    return CropBox(*cover_box(width, height, *out_size), out_size)
 
 
 def random_resized_crop_box(rng: np.random.Generator, width: int, height: int, out_size: tuple[int, int],

@@ -21,7 +21,6 @@ The waveform comes from the shared front end (:mod:`mmgt_core.audio.waveform`): 
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +41,7 @@ from mmgt_core.audio.waveform import (
     prepare_audio,
     to_mono,
 )
-from mmgt_core.errors import InputError, WeightsError
-from mmgt_core.weights import readable_load_error
+from mmgt_core.errors import InputError
 
 NORMALIZE_EPS = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
 
@@ -73,24 +71,11 @@ def load_wav2vec2(model_dir: str | Path, device: torch.device | str = "cpu") -> 
     """
     from transformers import Wav2Vec2Model
 
-    from mmgt_core.model_files import require_folder_kind
-    from mmgt_core.quiet import quiet_loading
+    from mmgt_core.pretrained import load_pretrained
 
-    model_dir = Path(model_dir)
-    require_folder_kind(model_dir, "wav2vec2")
-    try:
-        with quiet_loading():
-            model, info = Wav2Vec2Model.from_pretrained(str(model_dir), local_files_only=True,
-                                                        output_loading_info=True)
-    except (OSError, ValueError, pickle.UnpicklingError) as error:
-        raise WeightsError(f"could not load the wav2vec2 model from '{model_dir}': {readable_load_error(error)}"
-                           ) from error
-    missing = [key for key in info["missing_keys"] if "masked_spec_embed" not in key]
-    if missing or info["mismatched_keys"]:
-        raise WeightsError(
-            f"wav2vec2 weights in '{model_dir}' do not match its config: missing {missing[:8]}, "
-            f"mismatched {info['mismatched_keys'][:8]}. Re-download 'facebook/wav2vec2-base-960h'."
-        )
+    model = load_pretrained(Wav2Vec2Model, model_dir, "wav2vec2 model", kind="wav2vec2",
+                            fix="Re-download 'facebook/wav2vec2-base-960h'.",
+                            may_lack=lambda key: "masked_spec_embed" in key)  # SpecAugment, training only
     return model.to(device).eval()
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -339,16 +338,10 @@ def _encoder_from_weights(
 def _load_hf_folder(folder: Path) -> WavLMEncoder:
     from transformers import WavLMModel
 
-    from mmgt_core.model_files import require_folder_kind
-    from mmgt_core.quiet import quiet_loading
-    from mmgt_core.weights import readable_load_error
+    from mmgt_core.pretrained import load_pretrained
 
-    require_folder_kind(folder, "wavlm")
-    try:
-        with quiet_loading():
-            model = WavLMModel.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, pickle.UnpicklingError) as exc:
-        raise WeightsError(f"Could not load the WavLM folder '{folder}': {readable_load_error(exc)}") from exc
+    model = load_pretrained(WavLMModel, folder, "WavLM folder", kind="wavlm",
+                            may_lack=lambda key: "masked_spec_embed" in key)  # SpecAugment, training only
     return WavLMEncoder(_prepared(model), _folder_normalize_flag(folder, model), folder.name)
 
 

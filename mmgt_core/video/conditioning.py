@@ -24,7 +24,6 @@ Everything here follows ``Pose2VideoPipeline`` of the official code (spec 3.2, 3
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmgt_core.errors import InputError, WeightsError
+from mmgt_core.errors import InputError
 
 VAE_SCALING = 0.18215
 CLIP_INPUT_SIZE = 224
@@ -90,18 +89,31 @@ def to_pil(image: ImageLike) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array[..., :3]))
 
 
-def cover_resize(image: Image.Image, width: int, height: int, resample: int = Image.Resampling.LANCZOS) -> Image.Image:
-    """Resize to ``width x height`` keeping the aspect ratio: the centered crop of that aspect, one resize."""
-    src_w, src_h = image.size
+def cover_box(src_w: float, src_h: float, width: int, height: int) -> tuple[float, float, float, float]:
+    """``(left, top, crop_w, crop_h)``: the largest centred crop of a ``src_w x src_h`` frame with the aspect ratio
+    of ``width x height`` (the whole frame when the ratios agree). Resizing it to the output is a cover resize."""
     if src_w * height > src_h * width:  # source is wider: crop the sides
         crop_w, crop_h = src_h * width / height, float(src_h)
     else:
         crop_w, crop_h = float(src_w), src_w * height / width
-    left, top = (src_w - crop_w) / 2, (src_h - crop_h) / 2
-    box = (left, top, left + crop_w, top + crop_h)
-    if (image.size == (width, height)) and box == (0, 0, src_w, src_h):
+    return (src_w - crop_w) / 2, (src_h - crop_h) / 2, crop_w, crop_h
+
+
+def cover_points(points: Any, src_w: float, src_h: float, width: int, height: int) -> Any:
+    """Pixel points (..., 2+) of a ``src_w x src_h`` frame moved in place onto its ``width x height`` cover resize
+    (numpy array or tensor; further columns such as scores are kept); returns ``points``."""
+    left, top, crop_w, crop_h = cover_box(src_w, src_h, width, height)
+    points[..., 0] = (points[..., 0] - left) * (width / crop_w)
+    points[..., 1] = (points[..., 1] - top) * (height / crop_h)
+    return points
+
+
+def cover_resize(image: Image.Image, width: int, height: int, resample: int = Image.Resampling.LANCZOS) -> Image.Image:
+    """Resize to ``width x height`` keeping the aspect ratio: the centered crop of that aspect, one resize."""
+    if image.size == (width, height):
         return image.copy()
-    return image.resize((width, height), resample=resample, box=box)
+    left, top, crop_w, crop_h = cover_box(*image.size, width, height)
+    return image.resize((width, height), resample=resample, box=(left, top, left + crop_w, top + crop_h))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -113,18 +125,9 @@ def load_clip_image_encoder(model_dir: str | Path, device: torch.device | str = 
     """A local ``CLIPVisionModelWithProjection`` folder (e.g. ``sd-image-variations-diffusers/image_encoder``)."""
     from transformers import CLIPVisionModelWithProjection
 
-    from mmgt_core.model_files import require_folder_kind
-    from mmgt_core.quiet import quiet_loading
-    from mmgt_core.weights import readable_load_error
+    from mmgt_core.pretrained import load_pretrained
 
-    model_dir = Path(model_dir)
-    require_folder_kind(model_dir, "image_encoder")
-    try:
-        with quiet_loading():
-            model = CLIPVisionModelWithProjection.from_pretrained(str(model_dir), local_files_only=True)
-    except (OSError, ValueError, pickle.UnpicklingError) as error:
-        raise WeightsError(f"could not load the CLIP image encoder from '{model_dir}': "
-                           f"{readable_load_error(error)}") from error
+    model = load_pretrained(CLIPVisionModelWithProjection, model_dir, "CLIP image encoder", kind="image_encoder")
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -261,15 +264,10 @@ def branch_masks_from_regions(face_hands: torch.Tensor, lips: torch.Tensor, hand
 def cover_crop_mask(mask: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Center-crop (T, H, W) masks to the output aspect ratio (the pose frames get the same cover crop)."""
     mask_h, mask_w = int(mask.shape[1]), int(mask.shape[2])
-    if mask_w * height == mask_h * width:
-        return mask
-    if mask_w * height > mask_h * width:
-        keep = round(mask_h * width / height)
-        left = (mask_w - keep) // 2
-        return mask[:, :, left:left + keep]
-    keep = round(mask_w * height / width)
-    top = (mask_h - keep) // 2
-    return mask[:, top:top + keep, :]
+    _, _, crop_w, crop_h = cover_box(mask_w, mask_h, width, height)
+    keep_w, keep_h = round(crop_w), round(crop_h)
+    left, top = (mask_w - keep_w) // 2, (mask_h - keep_h) // 2
+    return mask[:, top:top + keep_h, left:left + keep_w]
 
 
 def zero_branch_masks(frames: int, width: int, height: int, mode: str = "released") -> BranchMasks:
@@ -307,15 +305,7 @@ def keypoints_at_output(sequence: Any, width: int, height: int) -> Any:
     check_output_size(width, height)
     if (sequence.width, sequence.height) == (width, height):
         return sequence
-    src_w, src_h = sequence.width, sequence.height
-    if src_w * height > src_h * width:
-        crop_w, crop_h = src_h * width / height, float(src_h)
-    else:
-        crop_w, crop_h = float(src_w), src_w * height / width
-    left, top = (src_w - crop_w) / 2, (src_h - crop_h) / 2
-    points = sequence.keypoints.float().clone()
-    points[..., 0] = (points[..., 0] - left) * (width / crop_w)
-    points[..., 1] = (points[..., 1] - top) * (height / crop_h)
+    points = cover_points(sequence.keypoints.float().clone(), sequence.width, sequence.height, width, height)
     return PoseSequence(points, width, height, sequence.fps, sequence.speech_weights)
 
 

@@ -14,26 +14,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from mmgt_core.errors import InputError, WeightsError
+from mmgt_core.errors import InputError
 from mmgt_core.types import CancelFn, ProgressFn
 
 VAE_SCALING = 0.18215
-
-
-def load_vae(folder: str | Any, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A local diffusers ``AutoencoderKL`` folder (sd-vae-ft-mse) in eval mode; never downloads."""
-    from diffusers import AutoencoderKL
-
-    from mmgt_core.quiet import quiet_loading
-
-    try:
-        with quiet_loading():
-            vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise WeightsError(f"could not load the VAE folder '{folder}': {error}. Put stabilityai/sd-vae-ft-mse "
-                           "(config.json + weights) in models/mmgt/sd-vae-ft-mse.") from error
-    with quiet_loading():  # diffusers warns about casting on .to()
-        return vae.to(device=device, dtype=dtype).eval()
 
 
 def module_dtype_device(module: Any, default_dtype: torch.dtype = torch.float32) -> tuple[torch.dtype, torch.device]:
