@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from mmgt_core.audio.waveform import VIDEO_FPS, WaveformLike, frame_count, resample, to_mono, validate_clip
+from mmgt_core.timeline import fit_length
 
 EDGE_SAMPLE_RATE = 12800
 """25 fps x hop 512: one librosa frame per video frame."""
@@ -259,11 +260,10 @@ def _mono_numpy(waveform: WaveformLike) -> np.ndarray:
 
 def fit_frames(features: np.ndarray, n_frames: int) -> np.ndarray:
     """Cut ``(F, 35)`` features to ``n_frames`` rows, or pad: float columns repeat the last row, one-hots get 0."""
-    if features.shape[0] >= n_frames:
-        return features[:n_frames]
-    pad = np.repeat(features[-1:], n_frames - features.shape[0], axis=0)
-    pad[:, list(ONE_HOT_COLUMNS)] = 0.0
-    return np.concatenate([features, pad], axis=0)
+    fitted = fit_length(features, n_frames)
+    if features.shape[0] < n_frames:  # the padded rows are a fresh copy
+        fitted[features.shape[0]:, list(ONE_HOT_COLUMNS)] = 0.0
+    return fitted
 
 
 def edge_features(

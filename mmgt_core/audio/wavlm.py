@@ -48,6 +48,7 @@ from mmgt_core.audio.waveform import (
     validate_clip,
 )
 from mmgt_core.errors import WeightsError
+from mmgt_core.timeline import fit_length
 from mmgt_core.types import OptionalCancel, OptionalProgress
 from mmgt_core.weights import (
     COMPONENT_WAVLM_UNILM,
@@ -449,13 +450,6 @@ def to_25fps(frames50: torch.Tensor) -> torch.Tensor:
     return F.interpolate(padded.T[None], size=size, mode="linear", align_corners=True)[0].T
 
 
-def fit_rows(features: torch.Tensor, n_frames: int) -> torch.Tensor:
-    """Cut to ``n_frames`` rows, or pad by repeating the last row."""
-    if features.shape[0] >= n_frames:
-        return features[:n_frames]
-    return torch.cat([features, features[-1:].expand(n_frames - features.shape[0], -1)], dim=0)
-
-
 def wavlm_features(
     encoder: WavLMEncoder,
     wave16k: WaveformLike,
@@ -468,10 +462,10 @@ def wavlm_features(
     """WavLM last layer at 25 fps, ``(n_frames, hidden)`` float32, of a mono 16 kHz clip.
 
     ``n_frames`` defaults to ``frame_count(samples, 16000)``; the official 50->25 step gives ``ceil((n50+1)/2)``
-    rows, which can differ by one, so rows are cut off the end or the last row is repeated (see :func:`fit_rows`).
+    rows, which can differ by one, so rows are cut off the end or the last row is repeated (``timeline.fit_length``).
     """
     wave = to_mono(wave16k)
     if n_frames is None:
         n_frames = frame_count(wave.shape[0])
     frames50 = wavlm_last_layer(encoder, wave, chunk_seconds, context_seconds, progress, check_cancel)
-    return fit_rows(to_25fps(frames50), n_frames)
+    return fit_length(to_25fps(frames50), n_frames)

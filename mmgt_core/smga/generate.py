@@ -33,6 +33,7 @@ from scipy.interpolate import CubicSpline
 from torch import Tensor
 
 from ..errors import InputError
+from ..timeline import fit_length
 from ..types import OptionalCancel, OptionalProgress
 from .diffusion import GUIDANCE_WEIGHT, KnownFrames, cosine_schedule, ddim_sample
 from .model import GestureDecoder
@@ -70,10 +71,7 @@ def total_diffusion_steps(total_frames: int, steps: int, window: int = 80, overl
 
 def window_features(features: Tensor, start: int, window: int) -> Tensor:
     """features[start:start+window], padded by repeating the last frame."""
-    chunk = features[start:start + window]
-    if chunk.shape[0] < window:
-        chunk = torch.cat([chunk, chunk[-1:].expand(window - chunk.shape[0], -1)])
-    return chunk
+    return fit_length(features[start:start + window], window)
 
 
 def official_spline_smoothing(sequence: Tensor, period: int = OFFICIAL_SMOOTH_PERIOD) -> Tensor:
