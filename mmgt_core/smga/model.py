@@ -530,12 +530,6 @@ def init_weights_recipe(model: nn.Module, seed: int, scale_overrides: Optional[M
             param.copy_(value * overrides.get(name, 1.0))
 
 
-def build_smga(config: SMGAConfig = SMGAConfig(), device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> GestureDecoder:
-    """A GestureDecoder in eval mode (weights from the constructor; load a state dict next)."""
-    return GestureDecoder(config).to(device=device, dtype=dtype).eval()
-
-
 def load_smga(path: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
               config: Optional[SMGAConfig] = None) -> GestureDecoder:
     """Load an SMGA checkpoint (official ``.pt`` with ``ema_state_dict``, or our safetensors) strictly.
