@@ -12,7 +12,7 @@ import torch
 
 from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.stage1 import stage1_features
-from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds, is_silent, to_mono
+from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds, to_mono
 from mmgt_core.audio.wavlm import WavLMEncoder, load_wavlm
 from mmgt_core.errors import InputError
 from mmgt_core.keypoints import PoseSequence
@@ -57,11 +57,9 @@ class LoadedWavLM:
 
 @dataclass
 class Stage1Audio:
-    """Stage-I audio features (T, 1059) at 25 fps, and the clip they came from."""
+    """Stage-I audio features (T, 1059) at 25 fps, one row per output video frame."""
 
     features: torch.Tensor
-    duration: float
-    silent: bool
 
 
 DTYPE_INPUT = (host.DTYPE_CHOICES, {"default": "auto", "tooltip": "Weights precision. auto: ComfyUI's choice for "
@@ -161,7 +159,7 @@ class Stage1AudioFeatures:
             notes = audio_notices(mono, rate, stage="I")
         for note in notes:
             LOGGER.warning("[MMGT Stage-I Audio Features] %s", note)
-        return (Stage1Audio(features, duration, is_silent(mono)), duration, int(features.shape[0]),
+        return (Stage1Audio(features), duration, int(features.shape[0]),
                 "\n".join(notes) or f"{duration:.2f} s of audio, {int(features.shape[0])} frames.")
 
 

@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -477,7 +478,7 @@ class VideoTrainer:
         total = 0.0
         for micro, batch in enumerate(batches):
             syncing = micro == len(batches) - 1
-            context = self.accelerator.no_sync(self.model) if not syncing else _null_context()
+            context = self.accelerator.no_sync(self.model) if not syncing else nullcontext()
             with context:
                 loss = self.loss(batch, self.generator(step, micro)) / len(batches)
                 self.accelerator.backward(loss)
@@ -614,14 +615,6 @@ class VideoTrainer:
 
         self.accelerator.end_training()
         AcceleratorState._reset_state(reset_partial_state=True)
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _progress_bar(start: int, total: int, enabled: bool) -> Any:
