@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,23 +11,28 @@ import torch
 
 from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.stage1 import stage1_features
-from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds, to_mono
+from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds
 from mmgt_core.audio.wavlm import WavLMEncoder, load_wavlm
-from mmgt_core.errors import InputError
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.memory import ENCODER_WORKING_BYTES, smga_window_bytes
 from mmgt_core.pipeline import pose_from_features, smga_total_steps
 from mmgt_core.smga.model import GestureDecoder, load_smga
 
 from . import host
-from .common import image_to_uint8_frames, node_errors
+from .common import (
+    DTYPE_INPUT,
+    KEYPOINTS_INPUT,
+    KEYPOINTS_TYPE,
+    LOGGER,
+    audio_to_mono,
+    image_to_uint8_frames,
+    node_errors,
+)
 from .model_files import all_problems, choices, validate_file
-from .pose import KEYPOINTS_INPUT, KEYPOINTS_TYPE
 
 SMGA_TYPE = "MMGT_SMGA"
 WAVLM_TYPE = "MMGT_WAVLM"
 STAGE1_AUDIO_TYPE = "MMGT_STAGE1_AUDIO"
-LOGGER = logging.getLogger("ComfyUI-MMGT")
 
 
 @dataclass
@@ -60,13 +64,6 @@ class Stage1Audio:
     """Stage-I audio features (T, 1059) at 25 fps, one row per output video frame."""
 
     features: torch.Tensor
-
-
-DTYPE_INPUT = (host.DTYPE_CHOICES, {"default": "auto", "tooltip": "Weights precision. auto: ComfyUI's choice for "
-                                                                  "this kind of model (its --fp16-unet, --bf16-vae "
-                                                                  "... flags apply); fp16 is never used on a CPU "
-                                                                  "(bf16 instead). The device is ComfyUI's (--cpu, "
-                                                                  "--lowvram, --highvram, --gpu-only)."})
 
 
 class LoadSMGA:
@@ -123,13 +120,6 @@ class LoadWavLM:
             encoder = load_wavlm(host.resolve_model_path(model), dtype=torch_dtype)
             handle = host.manage_model(encoder.model, "WavLM", "encoder", torch_dtype)
         return (LoadedWavLM(encoder, handle),)
-
-
-def audio_to_mono(audio: dict[str, Any], input_name: str = "audio") -> tuple[torch.Tensor, int]:
-    """ComfyUI AUDIO → (mono float waveform, sample rate), with a clear error for malformed values."""
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise InputError(input_name, "is not a ComfyUI AUDIO value.", "Connect a LoadAudio node.")
-    return to_mono(audio["waveform"]), int(audio["sample_rate"])
 
 
 class Stage1AudioFeatures:

@@ -32,10 +32,8 @@ from mmgt_core.video.scheduler import SCHEDULERS
 from mmgt_core.video.settings import RELEASED, VideoSettings
 
 from . import host
-from .common import node_errors
+from .common import DTYPE_INPUT, KEYPOINTS_TYPE, LOGGER, audio_to_mono, node_errors
 from .model_files import all_problems, choices, validate_file, validate_number
-from .pose import KEYPOINTS_TYPE
-from .stage1 import DTYPE_INPUT, LOGGER, audio_to_mono
 
 LARGE_DECODE_BYTES = 4 * 2**30  # a whole-video IMAGE decode above this gets a warning naming the streaming node
 VIDEO_NET_TYPE = "MMGT_VIDEO_NET"

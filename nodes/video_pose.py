@@ -12,9 +12,8 @@ from mmgt_core.keypoints import PoseSequence
 from mmgt_core.pose_detect.track import DEFAULT_MAX_GAP
 
 from . import host
-from .common import image_to_uint8_frames, node_errors
+from .common import KEYPOINTS_TYPE, KeypointsWithNotes, image_to_uint8_frames, node_errors
 from .model_files import all_problems, choices, validate_file
-from .pose import KEYPOINTS_TYPE
 
 CATEGORY = "MMGT/pose"
 
@@ -25,7 +24,7 @@ def uint8_frames(images: torch.Tensor) -> Iterator[np.ndarray]:
         yield image_to_uint8_frames(images[index] if images.ndim == 4 else images)[0].numpy()
 
 
-class DetectKeypoints:
+class DetectKeypoints(KeypointsWithNotes):
     """DWPose on every frame of a video → MMGT keypoints of one person, at the video's frame rate."""
 
     DESCRIPTION = ("Video-driven mode: finds one person's whole-body keypoints in every frame of a video (DWPose "
@@ -33,10 +32,7 @@ class DetectKeypoints:
                    "walking in does not take over. Frames without that person are interpolated up to "
                    "max_gap_frames, longer gaps are an error naming the frames. Keeps the video's fps: resample to "
                    "25 fps next.")
-    CATEGORY = CATEGORY
     FUNCTION = "detect"
-    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
-    RETURN_NAMES = ("keypoints", "notes")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
