@@ -28,7 +28,7 @@ from .common import (
     image_to_uint8_frames,
     node_errors,
 )
-from .model_files import all_problems, choices, validate_file
+from .model_files import choices, dwpose_paths, dwpose_problems, validate_file
 
 SMGA_TYPE = "MMGT_SMGA"
 WAVLM_TYPE = "MMGT_WAVLM"
@@ -176,12 +176,9 @@ class ReferencePose:
                         pose_model: str | None = None) -> bool | str:
         if backend not in (None, "auto", "dwpose", "mediapipe"):
             return f"backend '{backend}' is not one of auto, dwpose, mediapipe."
-        if backend == "mediapipe":
+        if backend == "mediapipe" or (backend == "auto" and _auto_falls_back(detector, pose_model)):
             return True
-        dwpose = all_problems(validate_file("dwpose_det", detector), validate_file("dwpose_pose", pose_model))
-        if backend == "auto" and dwpose is not True and importlib.util.find_spec("mediapipe") is not None:
-            return True  # auto falls back to MediaPipe
-        return dwpose
+        return dwpose_problems(detector, pose_model)
 
     def detect(self, image: torch.Tensor, backend: str, detector: str, pose_model: str) -> tuple[PoseSequence, str]:
         from mmgt_core.pose_detect import detect_reference_pose
@@ -189,16 +186,17 @@ class ReferencePose:
         with node_errors("MMGT Reference Pose"):
             picture = image_to_uint8_frames(image)[0].numpy()
             paths = None
-            if backend != "mediapipe":
-                try:
-                    paths = (host.resolve_model_path(detector), host.resolve_model_path(pose_model))
-                except Exception:
-                    if backend == "dwpose":
-                        raise
+            if backend == "dwpose" or (backend == "auto" and not _auto_falls_back(detector, pose_model)):
+                paths = dwpose_paths(detector, pose_model)
             result = detect_reference_pose(picture, backend=backend, dwpose_paths=paths)
             keypoints = torch.as_tensor(np.asarray(result.keypoints), dtype=torch.float32)[None]
             sequence = PoseSequence(keypoints, picture.shape[1], picture.shape[0], float(VIDEO_FPS))
         return sequence, result.message
+
+
+def _auto_falls_back(detector: str | None, pose_model: str | None) -> bool:
+    """Backend auto runs MediaPipe when a DWPose file is missing or wrong and MediaPipe is installed."""
+    return dwpose_problems(detector, pose_model) is not True and importlib.util.find_spec("mediapipe") is not None
 
 
 class AudioToPose:

@@ -13,7 +13,7 @@ from mmgt_core.pose_detect.track import DEFAULT_MAX_GAP
 
 from . import host
 from .common import KEYPOINTS_TYPE, KeypointsWithNotes, image_to_uint8_frames, node_errors
-from .model_files import all_problems, choices, validate_file
+from .model_files import choices, dwpose_paths, dwpose_problems
 
 CATEGORY = "MMGT/pose"
 
@@ -49,7 +49,7 @@ class DetectKeypoints(KeypointsWithNotes):
 
     @classmethod
     def VALIDATE_INPUTS(cls, detector: str | None = None, pose_model: str | None = None) -> bool | str:
-        return all_problems(validate_file("dwpose_det", detector), validate_file("dwpose_pose", pose_model))
+        return dwpose_problems(detector, pose_model)
 
     def detect(self, images: torch.Tensor, fps: float, detector: str, pose_model: str,
                max_gap_frames: int) -> tuple[PoseSequence, str]:
@@ -57,7 +57,7 @@ class DetectKeypoints(KeypointsWithNotes):
         from mmgt_core.pose_detect.video import detect_video_keypoints
 
         with node_errors("MMGT Detect Keypoints"):
-            estimator = dwpose_estimator((host.resolve_model_path(detector), host.resolve_model_path(pose_model)))
+            estimator = dwpose_estimator(dwpose_paths(detector, pose_model))
             count = int(images.shape[0]) if images.ndim == 4 else 1
             sequence, notes = detect_video_keypoints(
                 uint8_frames(images), estimator, fps, num_frames=count, max_gap=max_gap_frames,
