@@ -10,7 +10,7 @@ import torch
 from .errors import InputError
 from .keypoints import PoseSequence, from_official_feature, mask_leg_normalized, to_official_feature
 from .types import OptionalCancel, OptionalProgress
-from .video.sampler import VideoConditioning, build_conditioning, sample_latents, sampling_total
+from .video.sampler import VideoConditioning, build_conditioning, sample_latents, window_predictions
 from .video.settings import VideoSettings
 
 VIDEO_FPS = 25.0
@@ -124,7 +124,7 @@ class VideoPipeline:
         if output not in ("frames", "latent"):
             raise InputError("output", f"unknown output '{output}'", "use 'frames' or 'latent'.")
         cond = self.conditioning(inputs, settings)
-        sampling_units = sampling_total(cond.frames, settings)
+        sampling_units = window_predictions(cond.frames, settings)
         decoding = output == "frames"
         grand_total = sampling_units + (cond.frames if decoding else 0)
 

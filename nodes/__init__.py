@@ -4,13 +4,12 @@ with a logged reason instead of breaking the whole pack."""
 from __future__ import annotations
 
 import importlib
-import logging
 
 from mmgt_core.dependencies import pip_name
 
 from . import host
+from .common import LOGGER
 
-LOGGER = logging.getLogger("ComfyUI-MMGT")
 STAGE_MODULES = ("pose", "stage1", "stage2", "output", "workflow", "video_pose", "motion", "download", "doctor")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

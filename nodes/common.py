@@ -1,13 +1,56 @@
-"""Helpers shared by the node modules: readable errors and ComfyUI <-> core conversions."""
+"""What the node modules share: readable errors, ComfyUI <-> core conversions, the keypoints socket, common
+inputs and the log."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
-from mmgt_core.errors import MMGTError
+from mmgt_core.audio.waveform import to_mono
+from mmgt_core.errors import InputError, MMGTError
+
+from . import host
+
+LOGGER = logging.getLogger("ComfyUI-MMGT")
+KEYPOINTS_TYPE = "MMGT_KEYPOINTS"
+KEYPOINTS_INPUT = (KEYPOINTS_TYPE, {"tooltip": "MMGT whole-body keypoints (134 points per frame) with their canvas "
+                                               "size and frame rate, e.g. from MMGT Audio → Pose."})
+DTYPE_INPUT = (host.DTYPE_CHOICES, {"default": "auto", "tooltip": "Weights precision. auto: ComfyUI's choice for "
+                                                                  "this kind of model (its --fp16-unet, --bf16-vae "
+                                                                  "... flags apply); fp16 is never used on a CPU "
+                                                                  "(bf16 instead). The device is ComfyUI's (--cpu, "
+                                                                  "--lowvram, --highvram, --gpu-only)."})
+
+
+class KeypointsWithNotes:
+    """Base of the pose nodes that return MMGT keypoints and a notes line."""
+
+    CATEGORY = "MMGT/pose"
+    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
+    RETURN_NAMES = ("keypoints", "notes")
+
+
+class TextReport:
+    """Base of the loader-menu nodes that make a text report: shown on the node, returned as STRING, rerun on every
+    queue (they look at the model folders again)."""
+
+    CATEGORY = "MMGT/loaders"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("report",)
+
+    @classmethod
+    def IS_CHANGED(cls, **inputs: Any) -> float:
+        return float("nan")  # never equal to itself: ComfyUI never reuses the last report
+
+    @staticmethod
+    def show(text: str) -> dict[str, Any]:
+        """The node's return value: the report on the node and on its STRING output."""
+        return {"ui": {"text": [text]}, "result": (text,)}
 
 
 class MMGTNodeError(RuntimeError):
@@ -43,3 +86,10 @@ def image_to_uint8_frames(image: torch.Tensor) -> torch.Tensor:
     if image.shape[-1] == 1:
         image = image.expand(*image.shape[:-1], 3)
     return (image[..., :3].float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def audio_to_mono(audio: dict[str, Any], input_name: str = "audio") -> tuple[torch.Tensor, int]:
+    """ComfyUI AUDIO → (mono float waveform, sample rate), with a clear error for malformed values."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise InputError(input_name, "is not a ComfyUI AUDIO value.", "Connect a LoadAudio node.")
+    return to_mono(audio["waveform"]), int(audio["sample_rate"])

@@ -8,26 +8,19 @@ from typing import Any
 from mmgt_core.cli_doctor import install_report
 
 from . import host
+from .common import TextReport
 
 
-class Doctor:
+class Doctor(TextReport):
     DESCRIPTION = ("Shows what `python -m mmgt_core doctor` prints: installed packages, every model file each mode "
                    "needs (found, or missing with where it goes, its size and source) and which modes are ready. "
                    "Queue it alone; it loads no model. Connect Preview Any to its output to read the table in the "
                    "graph (it is printed to the console too).")
-    CATEGORY = "MMGT/loaders"
     FUNCTION = "check"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("report",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {}}
-
-    @classmethod
-    def IS_CHANGED(cls) -> float:
-        return float("nan")  # look at the folders again on every run
 
     def check(self) -> dict[str, Any]:
         folders = host.model_dirs()
@@ -35,7 +28,7 @@ class Doctor:
         if len(folders) > 1:
             text += "\n\nOther MMGT model folders searched: " + ", ".join(str(f) for f in folders[1:])
         print(f"[MMGT Doctor]\n{text}")
-        return {"ui": {"text": [text]}, "result": (text,)}
+        return self.show(text)
 
 
 NODE_CLASS_MAPPINGS = {"MMGT_Doctor": Doctor}

@@ -7,22 +7,18 @@ from typing import Any
 from mmgt_core.download import MODE_CHOICES, download_missing
 
 from . import host
-from .common import node_errors
+from .common import TextReport, node_errors
 
 LOGGER_PREFIX = "[MMGT Download Models]"
 
 
-class DownloadModels:
+class DownloadModels(TextReport):
     DESCRIPTION = ("Downloads the model files the chosen mode needs that are missing from models/mmgt, from their "
                    "public Hugging Face sources (resumable, size and sha256 checked, each file put in place whole). "
                    "Runs only when you queue it; press R afterwards so the loaders list the new files. Files that "
                    "are not on the hub are listed with where to get them. The report also goes to the console; connect "
                    "Preview Any to its output to read it in the graph.")
-    CATEGORY = "MMGT/loaders"
     FUNCTION = "download"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("report",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -31,16 +27,11 @@ class DownloadModels:
                                           "audio2video, pose2video, audio2pose, or all."}),
         }}
 
-    @classmethod
-    def IS_CHANGED(cls, mode: str) -> float:
-        return float("nan")  # look at the folder again on every run
-
     def download(self, mode: str) -> dict[str, Any]:
         with node_errors("MMGT Download Models"):
             report = download_missing(host.model_dirs()[0], mode, progress=host.progress_reporter(1),
                                       check_cancel=host.check_cancel, log=lambda line: print(LOGGER_PREFIX, line))
-        text = report.text()
-        return {"ui": {"text": [text]}, "result": (text,)}
+        return self.show(report.text())
 
 
 NODE_CLASS_MAPPINGS = {"MMGT_DownloadModels": DownloadModels}

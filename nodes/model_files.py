@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Union
 
+from mmgt_core.errors import InputError
 from mmgt_core.model_files import check_choice, loader_choices
 
 from . import host
@@ -23,6 +24,25 @@ def validate_file(key: str, value: Any) -> ValidationResult:
         return True
     problem = check_choice(key, str(value), host.model_dirs())
     return True if problem is None else problem
+
+
+def require_file(key: str, input_name: str, value: str) -> str:
+    """The path of the file picked in ``input_name`` (a component ``key``); an InputError naming the input and the
+    fix when it is missing or holds another component."""
+    problem = validate_file(key, value)
+    if problem is not True:
+        raise InputError(input_name, problem)
+    return host.resolve_model_path(value)
+
+
+def dwpose_problems(detector: str | None, pose_model: str | None) -> ValidationResult:
+    """Validation of the two DWPose inputs (every failing file named)."""
+    return all_problems(validate_file("dwpose_det", detector), validate_file("dwpose_pose", pose_model))
+
+
+def dwpose_paths(detector: str, pose_model: str) -> tuple[str, str]:
+    """The two DWPose files picked on a node; a missing or wrong one stops with its input's name and the fix."""
+    return require_file("dwpose_det", "detector", detector), require_file("dwpose_pose", "pose_model", pose_model)
 
 
 def validate_number(node_class: type, name: str, value: Any, multiple_of: int = 1) -> ValidationResult:

@@ -18,8 +18,7 @@ from mmgt_core.motion_controls import (
     smoothing_window,
 )
 
-from .common import node_errors
-from .pose import KEYPOINTS_INPUT, KEYPOINTS_TYPE
+from .common import KEYPOINTS_INPUT, KEYPOINTS_TYPE, KeypointsWithNotes, audio_to_mono, node_errors
 
 NODE_NAME = "MMGT Motion Controls"
 _PART_TIPS = {
@@ -35,7 +34,7 @@ def _amplitude_widget(part: str) -> tuple[str, dict[str, Any]]:
                       "tooltip": f"{_PART_TIPS[part]} 1 = as generated, 0.5 = half the motion, 2 = twice."})
 
 
-class MotionControls:
+class MotionControls(KeypointsWithNotes):
     """Steer generated or detected motion: bigger/smaller gestures, less jitter, a resting mouth in pauses."""
 
     DESCRIPTION = ("Motion controls on keypoints, each off at its default so the output is unchanged: amplitude "
@@ -44,10 +43,7 @@ class MotionControls:
                    "the lips ease to the closed reference mouth wherever the audio is quieter than the threshold "
                    "for longer than the hang time, and MMGT Sample Video fades the MM-HAA face and lip audio "
                    "attention in the same pauses). Place it between Audio → Pose and Sample Video / Render Pose.")
-    CATEGORY = "MMGT/pose"
     FUNCTION = "apply"
-    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
-    RETURN_NAMES = ("keypoints", "notes")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -90,8 +86,6 @@ class MotionControls:
               hands_amplitude: float, smoothing: float, silence_gate: bool, silence_threshold_db: float,
               hang_seconds: float, audio: dict[str, Any] | None = None,
               reference_pose: PoseSequence | None = None) -> tuple[PoseSequence, str]:
-        from .stage1 import audio_to_mono
-
         with node_errors(NODE_NAME):
             amplitudes = Amplitudes(body_amplitude, head_amplitude, lips_amplitude, hands_amplitude)
             out = scale_motion(keypoints, amplitudes, reference_pose)

@@ -11,13 +11,9 @@ from mmgt_core.masks import motion_masks
 from mmgt_core.render import render_pose_video
 
 from . import host
-from .common import node_errors, uint8_frames_to_image
+from .common import KEYPOINTS_INPUT, KeypointsWithNotes, node_errors, uint8_frames_to_image
 
-KEYPOINTS_TYPE = "MMGT_KEYPOINTS"
 CATEGORY = "MMGT/pose"
-
-KEYPOINTS_INPUT = (KEYPOINTS_TYPE, {"tooltip": "MMGT whole-body keypoints (134 points per frame) with their canvas "
-                                               "size and frame rate, e.g. from MMGT Audio → Pose."})
 
 
 class RenderPoseVideo:
@@ -66,17 +62,14 @@ class MotionMasksNode:
         return masks.face_hands, masks.lips, masks.hands, masks.background
 
 
-class PoseKeypointToMMGT:
+class PoseKeypointToMMGT(KeypointsWithNotes):
     """POSE_KEYPOINT (OpenPose JSON from a DWPose node) → MMGT keypoints."""
 
     DESCRIPTION = ("Converts POSE_KEYPOINT to MMGT keypoints. Reads both flavours and says which came in: ComfyUI "
                    "core's SDPose form (feet and scores kept) and the OpenPose JSON of comfyui_controlnet_aux's "
                    "DWPose (no feet: they stay hidden). Takes the largest person at the start and follows that "
                    "person; the face's two extra points (pupils or eye copies) are dropped.")
-    CATEGORY = CATEGORY
     FUNCTION = "convert"
-    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
-    RETURN_NAMES = ("keypoints", "notes")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -124,15 +117,12 @@ class MMGTToPoseKeypoint:
             return (to_pose_keypoint(keypoints, normalized=normalized, flavour=flavour),)
 
 
-class LoadKeypoints:
+class LoadKeypoints(KeypointsWithNotes):
     """Load a keypoint sequence file from ComfyUI's input folder."""
 
     DESCRIPTION = ("Loads keypoints from the input folder: POSE_KEYPOINT .json (OpenPose JSON), official "
                    ".npy features (T×402, normalised) or pixel keypoints (T×134×3), or MMGT .safetensors.")
-    CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
-    RETURN_NAMES = ("keypoints", "notes")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,23 +11,28 @@ import torch
 
 from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.stage1 import stage1_features
-from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds, is_silent, to_mono
+from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds
 from mmgt_core.audio.wavlm import WavLMEncoder, load_wavlm
-from mmgt_core.errors import InputError
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.memory import ENCODER_WORKING_BYTES, smga_window_bytes
 from mmgt_core.pipeline import pose_from_features, smga_total_steps
 from mmgt_core.smga.model import GestureDecoder, load_smga
 
 from . import host
-from .common import image_to_uint8_frames, node_errors
-from .model_files import all_problems, choices, validate_file
-from .pose import KEYPOINTS_INPUT, KEYPOINTS_TYPE
+from .common import (
+    DTYPE_INPUT,
+    KEYPOINTS_INPUT,
+    KEYPOINTS_TYPE,
+    LOGGER,
+    audio_to_mono,
+    image_to_uint8_frames,
+    node_errors,
+)
+from .model_files import choices, dwpose_paths, dwpose_problems, validate_file
 
 SMGA_TYPE = "MMGT_SMGA"
 WAVLM_TYPE = "MMGT_WAVLM"
 STAGE1_AUDIO_TYPE = "MMGT_STAGE1_AUDIO"
-LOGGER = logging.getLogger("ComfyUI-MMGT")
 
 
 @dataclass
@@ -57,18 +61,9 @@ class LoadedWavLM:
 
 @dataclass
 class Stage1Audio:
-    """Stage-I audio features (T, 1059) at 25 fps, and the clip they came from."""
+    """Stage-I audio features (T, 1059) at 25 fps, one row per output video frame."""
 
     features: torch.Tensor
-    duration: float
-    silent: bool
-
-
-DTYPE_INPUT = (host.DTYPE_CHOICES, {"default": "auto", "tooltip": "Weights precision. auto: ComfyUI's choice for "
-                                                                  "this kind of model (its --fp16-unet, --bf16-vae "
-                                                                  "... flags apply); fp16 is never used on a CPU "
-                                                                  "(bf16 instead). The device is ComfyUI's (--cpu, "
-                                                                  "--lowvram, --highvram, --gpu-only)."})
 
 
 class LoadSMGA:
@@ -127,13 +122,6 @@ class LoadWavLM:
         return (LoadedWavLM(encoder, handle),)
 
 
-def audio_to_mono(audio: dict[str, Any], input_name: str = "audio") -> tuple[torch.Tensor, int]:
-    """ComfyUI AUDIO → (mono float waveform, sample rate), with a clear error for malformed values."""
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise InputError(input_name, "is not a ComfyUI AUDIO value.", "Connect a LoadAudio node.")
-    return to_mono(audio["waveform"]), int(audio["sample_rate"])
-
-
 class Stage1AudioFeatures:
     DESCRIPTION = ("Computes the Stage-I audio features (WavLM-Large last layer ‖ 35 EDGE librosa features) at "
                    "25 fps for any length of audio; one row per output video frame.")
@@ -161,7 +149,7 @@ class Stage1AudioFeatures:
             notes = audio_notices(mono, rate, stage="I")
         for note in notes:
             LOGGER.warning("[MMGT Stage-I Audio Features] %s", note)
-        return (Stage1Audio(features, duration, is_silent(mono)), duration, int(features.shape[0]),
+        return (Stage1Audio(features), duration, int(features.shape[0]),
                 "\n".join(notes) or f"{duration:.2f} s of audio, {int(features.shape[0])} frames.")
 
 
@@ -188,12 +176,9 @@ class ReferencePose:
                         pose_model: str | None = None) -> bool | str:
         if backend not in (None, "auto", "dwpose", "mediapipe"):
             return f"backend '{backend}' is not one of auto, dwpose, mediapipe."
-        if backend == "mediapipe":
+        if backend == "mediapipe" or (backend == "auto" and _auto_falls_back(detector, pose_model)):
             return True
-        dwpose = all_problems(validate_file("dwpose_det", detector), validate_file("dwpose_pose", pose_model))
-        if backend == "auto" and dwpose is not True and importlib.util.find_spec("mediapipe") is not None:
-            return True  # auto falls back to MediaPipe
-        return dwpose
+        return dwpose_problems(detector, pose_model)
 
     def detect(self, image: torch.Tensor, backend: str, detector: str, pose_model: str) -> tuple[PoseSequence, str]:
         from mmgt_core.pose_detect import detect_reference_pose
@@ -201,16 +186,17 @@ class ReferencePose:
         with node_errors("MMGT Reference Pose"):
             picture = image_to_uint8_frames(image)[0].numpy()
             paths = None
-            if backend != "mediapipe":
-                try:
-                    paths = (host.resolve_model_path(detector), host.resolve_model_path(pose_model))
-                except Exception:
-                    if backend == "dwpose":
-                        raise
+            if backend == "dwpose" or (backend == "auto" and not _auto_falls_back(detector, pose_model)):
+                paths = dwpose_paths(detector, pose_model)
             result = detect_reference_pose(picture, backend=backend, dwpose_paths=paths)
             keypoints = torch.as_tensor(np.asarray(result.keypoints), dtype=torch.float32)[None]
             sequence = PoseSequence(keypoints, picture.shape[1], picture.shape[0], float(VIDEO_FPS))
         return sequence, result.message
+
+
+def _auto_falls_back(detector: str | None, pose_model: str | None) -> bool:
+    """Backend auto runs MediaPipe when a DWPose file is missing or wrong and MediaPipe is installed."""
+    return dwpose_problems(detector, pose_model) is not True and importlib.util.find_spec("mediapipe") is not None
 
 
 class AudioToPose:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -22,7 +22,7 @@ from mmgt_core.memory import (
     stage2_window_bytes,
     vae_decode_bytes,
 )
-from mmgt_core.pipeline import VideoInputs, VideoPipeline
+from mmgt_core.pipeline import VIDEO_FPS, VideoInputs, VideoPipeline
 from mmgt_core.pretrained import load_vae
 from mmgt_core.timeline import trim_audio
 from mmgt_core.video.conditioning import MASK_MODES, clip_image_embeds, load_clip_image_encoder
@@ -33,10 +33,8 @@ from mmgt_core.video.scheduler import SCHEDULERS
 from mmgt_core.video.settings import RELEASED, VideoSettings
 
 from . import host
-from .common import node_errors
+from .common import DTYPE_INPUT, KEYPOINTS_TYPE, LOGGER, audio_to_mono, node_errors
 from .model_files import all_problems, choices, validate_file, validate_number
-from .pose import KEYPOINTS_TYPE
-from .stage1 import DTYPE_INPUT, LOGGER, audio_to_mono
 
 LARGE_DECODE_BYTES = 4 * 2**30  # a whole-video IMAGE decode above this gets a warning naming the streaming node
 VIDEO_NET_TYPE = "MMGT_VIDEO_NET"
@@ -46,6 +44,7 @@ WAV2VEC_TYPE = "MMGT_WAV2VEC2"
 STAGE2_AUDIO_TYPE = "MMGT_STAGE2_AUDIO"
 LATENTS_TYPE = "MMGT_LATENTS"
 SILENT_AUDIO_RATE = 16000  # the sample rate of the silent track a pose-only video gets
+SAMPLE_NODE = "MMGT Sample Video"
 
 
 @dataclass
@@ -318,43 +317,76 @@ class SampleVideo:
         return all_problems(validate_number(cls, "width", width, multiple_of=64),
                              validate_number(cls, "height", height, multiple_of=64))
 
-    def sample(self, video_net: LoadedVideoNet, reference_image: torch.Tensor,
-               pose_frames: Optional[torch.Tensor] = None, face_hands_mask: Optional[torch.Tensor] = None,
-               lips_mask: Optional[torch.Tensor] = None, width: int = RELEASED.width, height: int = RELEASED.height,
-               seed: int = RELEASED.seed, steps: int = RELEASED.steps, cfg: float = RELEASED.guidance_scale,
-               full_weight: float = RELEASED.branch_weights[0], face_weight: float = RELEASED.branch_weights[1],
-               lips_weight: float = RELEASED.branch_weights[2], mask_mode: str = RELEASED.mask_mode,
-               context_frames: int = RELEASED.context_frames, context_overlap: int = RELEASED.context_overlap,
-               context_schedule: str = RELEASED.context_schedule, scheduler: str = RELEASED.scheduler,
-               keypoints: Optional[PoseSequence] = None, audio_features: Optional[Stage2Audio] = None,
-               hands_mask: Optional[torch.Tensor] = None, image_encoder: Optional[host.ModelHandle] = None,
-               clip_vision: Any = None, mmgt_vae: Optional[host.ModelHandle] = None, vae: Any = None
+    def sample(self, video_net: LoadedVideoNet, reference_image: torch.Tensor, **inputs: Any
                ) -> tuple[VideoLatents, dict[str, Any]]:
-        """ComfyUI passes every input by name; the positional order is the pre-keypoint one, kept for callers."""
-        with node_errors("MMGT Sample Video"):
-            settings = VideoSettings(width=width, height=height, seed=seed, steps=steps, scheduler=scheduler,
-                                     guidance_scale=cfg, branch_weights=(full_weight, face_weight, lips_weight),
-                                     mask_mode=mask_mode, context_frames=context_frames,
-                                     context_overlap=context_overlap, context_schedule=context_schedule)
-            inputs = VideoInputs(
-                reference_image=reference_image[0], keypoints=keypoints, pose_frames=pose_frames,
-                face_hands_mask=face_hands_mask, lips_mask=lips_mask, hands_mask=hands_mask,
-                audio_features=audio_features.features if audio_features is not None else None,
-                image_embeds=_image_embeds(reference_image, image_encoder, clip_vision))
-            pipeline = VideoPipeline(video_net.net, _pick_vae(vae, mmgt_vae, "MMGT Sample Video"))
-            managed_vae = [mmgt_vae] if mmgt_vae is not None else []
-            frames = keypoints.num_frames if keypoints is not None else \
-                len(pose_frames) if pose_frames is not None else "no"
-            fit = {"stage": "Stage II (MMGT Sample Video)", "lower": "width/height or context_frames",
-                   "workload": f"{width}x{height}, {context_frames}-frame windows ({frames} frames)",
-                   "memory_required": stage2_window_bytes(width, height, context_frames, 2, video_net.dtype)}
-            with host.compute_with([video_net.handle, *managed_vae], **fit):
-                cond = pipeline.conditioning(inputs, settings)
-            with host.compute_with([video_net.handle], **fit):  # a core VAE's encode may have evicted the net
-                latents = pipeline.sample(cond, settings, progress=host.progress_reporter(steps),
-                                          check_cancel=host.check_cancel)
-        audio = audio_features.audio if audio_features is not None else None
-        return VideoLatents(latents, 25.0, audio), core_latent(latents)
+        """ComfyUI passes every input by name: the optional ones fill :class:`SampleVideoOptions`, the widgets
+        :class:`VideoSettings` (:func:`video_settings`)."""
+        options = SampleVideoOptions(**{name: inputs.pop(name) for name in SAMPLE_OPTION_NAMES if name in inputs})
+        with node_errors(SAMPLE_NODE):
+            settings = video_settings(**inputs)
+            video_inputs = options.video_inputs(reference_image)
+            pipeline = VideoPipeline(video_net.net, _pick_vae(options.vae, options.mmgt_vae, SAMPLE_NODE))
+            latents = _render_latents(pipeline, video_net, options, video_inputs, settings)
+        audio = options.audio_features.audio if options.audio_features is not None else None
+        return VideoLatents(latents, VIDEO_FPS, audio), core_latent(latents)
+
+
+def video_settings(cfg: float = RELEASED.guidance_scale, full_weight: float = RELEASED.branch_weights[0],
+                   face_weight: float = RELEASED.branch_weights[1], lips_weight: float = RELEASED.branch_weights[2],
+                   **same_names: Any) -> VideoSettings:
+    """Sample Video's widgets as VideoSettings: ``cfg`` and the three branch weights are named differently there;
+    width, height, seed, steps, mask_mode, context_* and scheduler keep their names (missing ones: released)."""
+    return replace(RELEASED, guidance_scale=cfg, branch_weights=(full_weight, face_weight, lips_weight), **same_names)
+
+
+@dataclass
+class SampleVideoOptions:
+    """Sample Video's optional inputs: the driving pose and audio, overrides, and the encoders to use."""
+
+    keypoints: Optional[PoseSequence] = None
+    pose_frames: Optional[torch.Tensor] = None
+    face_hands_mask: Optional[torch.Tensor] = None
+    lips_mask: Optional[torch.Tensor] = None
+    audio_features: Optional[Stage2Audio] = None
+    hands_mask: Optional[torch.Tensor] = None
+    image_encoder: Optional[host.ModelHandle] = None
+    clip_vision: Any = None
+    mmgt_vae: Optional[host.ModelHandle] = None
+    vae: Any = None
+
+    def video_inputs(self, reference_image: torch.Tensor) -> VideoInputs:
+        """What the pipeline renders from (the CLIP embedding of the reference is computed here)."""
+        return VideoInputs(
+            reference_image=reference_image[0], keypoints=self.keypoints, pose_frames=self.pose_frames,
+            face_hands_mask=self.face_hands_mask, lips_mask=self.lips_mask, hands_mask=self.hands_mask,
+            audio_features=self.audio_features.features if self.audio_features is not None else None,
+            image_embeds=_image_embeds(reference_image, self.image_encoder, self.clip_vision))
+
+    def frame_count(self) -> int | str:
+        """How many frames will be rendered, for messages ("no" without a pose)."""
+        if self.keypoints is not None:
+            return self.keypoints.num_frames
+        return len(self.pose_frames) if self.pose_frames is not None else "no"
+
+
+SAMPLE_OPTION_NAMES = tuple(field.name for field in fields(SampleVideoOptions))
+
+
+def _render_latents(pipeline: VideoPipeline, video_net: LoadedVideoNet, options: SampleVideoOptions,
+                    inputs: VideoInputs, settings: VideoSettings) -> torch.Tensor:
+    """Conditioning (with our VAE loaded too, for the reference latent), then the denoising loop, each under the
+    host's model management with the memory one context window needs."""
+    fit = {"stage": f"Stage II ({SAMPLE_NODE})", "lower": "width/height or context_frames",
+           "workload": f"{settings.width}x{settings.height}, {settings.context_frames}-frame windows "
+                       f"({options.frame_count()} frames)",
+           "memory_required": stage2_window_bytes(settings.width, settings.height, settings.context_frames, 2,
+                                                  video_net.dtype)}
+    managed_vae = [options.mmgt_vae] if options.mmgt_vae is not None else []
+    with host.compute_with([video_net.handle, *managed_vae], **fit):
+        cond = pipeline.conditioning(inputs, settings)
+    with host.compute_with([video_net.handle], **fit):  # a core VAE's encode may have evicted the net
+        return pipeline.sample(cond, settings, progress=host.progress_reporter(settings.steps),
+                               check_cancel=host.check_cancel)
 
 
 class DecodeVideo:

@@ -12,9 +12,8 @@ from mmgt_core.keypoints import PoseSequence
 from mmgt_core.pose_detect.track import DEFAULT_MAX_GAP
 
 from . import host
-from .common import image_to_uint8_frames, node_errors
-from .model_files import all_problems, choices, validate_file
-from .pose import KEYPOINTS_TYPE
+from .common import KEYPOINTS_TYPE, KeypointsWithNotes, image_to_uint8_frames, node_errors
+from .model_files import choices, dwpose_paths, dwpose_problems
 
 CATEGORY = "MMGT/pose"
 
@@ -25,7 +24,7 @@ def uint8_frames(images: torch.Tensor) -> Iterator[np.ndarray]:
         yield image_to_uint8_frames(images[index] if images.ndim == 4 else images)[0].numpy()
 
 
-class DetectKeypoints:
+class DetectKeypoints(KeypointsWithNotes):
     """DWPose on every frame of a video → MMGT keypoints of one person, at the video's frame rate."""
 
     DESCRIPTION = ("Video-driven mode: finds one person's whole-body keypoints in every frame of a video (DWPose "
@@ -33,10 +32,7 @@ class DetectKeypoints:
                    "walking in does not take over. Frames without that person are interpolated up to "
                    "max_gap_frames, longer gaps are an error naming the frames. Keeps the video's fps: resample to "
                    "25 fps next.")
-    CATEGORY = CATEGORY
     FUNCTION = "detect"
-    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
-    RETURN_NAMES = ("keypoints", "notes")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -53,7 +49,7 @@ class DetectKeypoints:
 
     @classmethod
     def VALIDATE_INPUTS(cls, detector: str | None = None, pose_model: str | None = None) -> bool | str:
-        return all_problems(validate_file("dwpose_det", detector), validate_file("dwpose_pose", pose_model))
+        return dwpose_problems(detector, pose_model)
 
     def detect(self, images: torch.Tensor, fps: float, detector: str, pose_model: str,
                max_gap_frames: int) -> tuple[PoseSequence, str]:
@@ -61,7 +57,7 @@ class DetectKeypoints:
         from mmgt_core.pose_detect.video import detect_video_keypoints
 
         with node_errors("MMGT Detect Keypoints"):
-            estimator = dwpose_estimator((host.resolve_model_path(detector), host.resolve_model_path(pose_model)))
+            estimator = dwpose_estimator(dwpose_paths(detector, pose_model))
             count = int(images.shape[0]) if images.ndim == 4 else 1
             sequence, notes = detect_video_keypoints(
                 uint8_frames(images), estimator, fps, num_frames=count, max_gap=max_gap_frames,

@@ -12,18 +12,30 @@ from mmgt_core.pose_align import SOURCES, align_to_reference, blend_keypoints
 from mmgt_core.timeline import match_length, resample_frames, resample_keypoints
 
 from . import host
-from .common import node_errors
-from .pose import KEYPOINTS_INPUT, KEYPOINTS_TYPE
+from .common import KEYPOINTS_INPUT, KEYPOINTS_TYPE, KeypointsWithNotes, node_errors
+
+FPS_OUT_INPUT = ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                           "tooltip": "Wanted frame rate (MMGT works at 25)."})
+FRAME_COUNT_INPUT = ("INT", {"default": 0, "min": 0, "max": 1_000_000,
+                             "tooltip": "0 keeps the duration; otherwise trim or pad to exactly this many frames "
+                                        "(e.g. the audio's frame count)."})
 
 
-class AlignKeypoints:
+def fit_length(frames: torch.Tensor, frame_count: int, notes: list[str]) -> torch.Tensor:
+    """Trim or pad ``frames`` to ``frame_count`` (0 keeps them as they are), adding a note when that changed them."""
+    if not frame_count:
+        return frames
+    fitted, note = match_length(frames, frame_count)
+    if note:
+        notes.append(note)
+    return fitted
+
+
+class AlignKeypoints(KeypointsWithNotes):
     DESCRIPTION = ("Fits external keypoints (another person, another framing) onto the reference person's body: "
                    "one scale (shoulder width) and shift (neck) for the whole sequence, so the motion is kept and "
                    "the face and hands are not distorted. Make the motion masks from the aligned keypoints.")
-    CATEGORY = "MMGT/pose"
     FUNCTION = "align"
-    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
-    RETURN_NAMES = ("keypoints", "notes")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -82,55 +94,37 @@ class ResampleFrames:
             "frames": ("IMAGE", {"tooltip": "A frame batch, e.g. from Get Video Components."}),
             "fps_in": ("FLOAT", {"default": 30.0, "min": 1.0, "max": 240.0, "step": 0.001,
                                  "tooltip": "Frame rate of the input frames."}),
-            "fps_out": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
-                                  "tooltip": "Wanted frame rate (MMGT works at 25)."}),
-        }, "optional": {
-            "frame_count": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
-                                    "tooltip": "0 keeps the duration; otherwise trim/pad to this many frames "
-                                               "(e.g. the audio's frame count)."}),
-        }}
+            "fps_out": FPS_OUT_INPUT,
+        }, "optional": {"frame_count": FRAME_COUNT_INPUT}}
 
     def resample(self, frames: torch.Tensor, fps_in: float, fps_out: float, frame_count: int = 0
                  ) -> tuple[torch.Tensor, float, str]:
         with node_errors("MMGT Resample Frames"):
             out = resample_frames(frames, fps_in, fps_out)
             notes = [f"{frames.shape[0]} frames at {fps_in:g} fps → {out.shape[0]} at {fps_out:g} fps"]
-            if frame_count:
-                out, note = match_length(out, frame_count)
-                if note:
-                    notes.append(note)
+            out = fit_length(out, frame_count, notes)
         return out, fps_out, "\n".join(notes)
 
 
-class ResampleKeypoints:
+class ResampleKeypoints(KeypointsWithNotes):
     DESCRIPTION = ("Puts keypoints on another frame rate (linear interpolation of positions), e.g. 30 fps "
                    "external keypoints onto MMGT's 25 fps; with frame_count > 0 the result has exactly that many "
                    "frames (the last pose is held, or the end is cut).")
-    CATEGORY = "MMGT/pose"
     FUNCTION = "resample"
-    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
-    RETURN_NAMES = ("keypoints", "notes")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "keypoints": KEYPOINTS_INPUT,
-            "fps_out": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
-                                  "tooltip": "Wanted frame rate (MMGT works at 25)."}),
-        }, "optional": {
-            "frame_count": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
-                                    "tooltip": "0 keeps the duration; otherwise exactly this many frames."}),
-        }}
+            "fps_out": FPS_OUT_INPUT,
+        }, "optional": {"frame_count": FRAME_COUNT_INPUT}}
 
     def resample(self, keypoints: PoseSequence, fps_out: float, frame_count: int = 0) -> tuple[PoseSequence, str]:
         with node_errors("MMGT Resample Keypoints"):
             out = resample_keypoints(keypoints, fps_out)
             notes = [f"{keypoints.num_frames} frames at {keypoints.fps:g} fps → {out.num_frames} at {fps_out:g} fps"]
             if frame_count:
-                kept, note = match_length(out.keypoints, frame_count)
-                out = out.with_keypoints(kept.contiguous())
-                if note:
-                    notes.append(note)
+                out = out.with_keypoints(fit_length(out.keypoints, frame_count, notes).contiguous())
         return out, "\n".join(notes)
 
 

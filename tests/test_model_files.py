@@ -122,3 +122,13 @@ def test_sample_video_sizes_are_validated_before_running(comfy_host, width, heig
     assert (result is True) == ok
     if width == 500:
         assert "multiple of 64" in result and "448" in result
+
+
+@pytest.mark.parametrize("backend", ["dwpose", "auto"])
+def test_reference_pose_run_names_the_missing_dwpose_input(comfy_host, backend):
+    if backend == "auto" and importlib.util.find_spec("mediapipe") is not None:
+        pytest.skip("auto falls back to MediaPipe, which is installed")
+    _models(comfy_host)
+    node = comfy_host["classes"]["MMGT_ReferencePose"]()
+    with pytest.raises(Exception, match=r"^\[MMGT Reference Pose\] input 'detector': .*yolox_l\.onnx.*Download"):
+        node.detect(torch.zeros(1, 64, 64, 3), backend, "dwpose/yolox_l.onnx", "dwpose/dw-ll_ucoco_384.onnx")

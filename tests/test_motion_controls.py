@@ -155,10 +155,10 @@ def test_silence_gate_fades_the_face_and_lip_attention_masks_in_pauses():
     plain = KeypointBranchMasks(replace(on_output, speech_weights=None)).select(window)
     silent, speech = 28, 5
     for level in range(3):
-        assert plain.face[level][silent].max() > 0.5 and plain.body[level][silent].max() > 0.5
-        assert faded.face[level][silent].abs().max() == 0 and faded.body[level][silent].abs().max() == 0
+        assert plain.face[level][silent].max() > 0.5 and plain.lips[level][silent].max() > 0.5
+        assert faded.face[level][silent].abs().max() == 0 and faded.lips[level][silent].abs().max() == 0
         torch.testing.assert_close(faded.full[level][silent], torch.ones_like(faded.full[level][silent]))
-        for branch in ("full", "face", "body"):
+        for branch in ("full", "face", "lips"):
             torch.testing.assert_close(getattr(faded, branch)[level][speech], getattr(plain, branch)[level][speech])
 
 

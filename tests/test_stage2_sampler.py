@@ -203,7 +203,7 @@ def test_released_mask_mode_matches_official(fixtures_dir: Path, region_masks) -
     masks = branch_masks_from_regions(region_masks["face_hands"], region_masks["lips"], region_masks["hands"], 512, 512)
     for level in range(4):
         torch.testing.assert_close(masks.face[level], official[f"face_mask_level{level}"], atol=0, rtol=0)
-        torch.testing.assert_close(masks.body[level], official[f"lips_mask_level{level}"], atol=0, rtol=0)
+        torch.testing.assert_close(masks.lips[level], official[f"lips_mask_level{level}"], atol=0, rtol=0)
         torch.testing.assert_close(masks.full[level], official[f"full_mask_level{level}"], atol=0, rtol=0)
 
 
@@ -219,7 +219,7 @@ def test_mask_modes_change_only_the_full_branch_and_unknown_modes_are_refused() 
     torch.testing.assert_close(released.full[0], 1.0 + lips[0].reshape(3, 16))
     for masks in (paper, training, released):
         torch.testing.assert_close(masks.face[3], face[3].reshape(3, 16))
-        torch.testing.assert_close(masks.body[3], lips[3].reshape(3, 16))
+        torch.testing.assert_close(masks.lips[3], lips[3].reshape(3, 16))
     with pytest.raises(InputError, match="hands"):
         compose_branch_masks(face, lips, None, "training")
     with pytest.raises(InputError, match="mask_mode"):

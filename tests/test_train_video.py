@@ -381,7 +381,8 @@ def test_step2_export_loads_in_the_stage2_node_and_renders(step1_run, dataset, f
     audio = {"waveform": torch.from_numpy(pcm.astype(np.float32) / 32768)[None, None, : 12 * 640], "sample_rate": rate}
     features, frames, _notes = classes["MMGT_Stage2AudioFeatures"]().encode(audio, wav2vec)
     latents, _ = classes["MMGT_SampleVideo"]().sample(
-        net, reference, pose, masks.face_hands, masks.lips, SIZE, SIZE, seed=1, steps=2, cfg=3.5, full_weight=1.0,
+        net, reference, pose_frames=pose, face_hands_mask=masks.face_hands, lips_mask=masks.lips, width=SIZE,
+        height=SIZE, seed=1, steps=2, cfg=3.5, full_weight=1.0,
         face_weight=1.0, lips_weight=2.0, mask_mode="released", context_frames=12, context_overlap=4,
         context_schedule="open", audio_features=features, image_encoder=encoder, mmgt_vae=vae)
     video, fps, _ = classes["MMGT_DecodeVideo"]().decode(latents, 4, mmgt_vae=vae)

@@ -178,14 +178,14 @@ def test_mask_layouts_are_equivalent_and_checked():
     frames, height, width = 2, 4, 6
     spatial = [torch.rand(frames, height // 2**k, width // 2**k) for k in range(2)]
     flat = [level.flatten(1) for level in spatial]
-    as_spatial = SimpleNamespace(full=spatial, face=spatial, body=spatial)
-    as_flat = SimpleNamespace(full=flat, face=flat, body=flat)
+    as_spatial = SimpleNamespace(full=spatial, face=spatial, lips=spatial)
+    as_flat = SimpleNamespace(full=flat, face=flat, lips=flat)
     args = (2, frames, height // 2, width // 2, torch.float32, torch.device("cpu"))
     for ours, theirs in zip(level_masks(as_spatial, 1, *args), level_masks(as_flat, 1, *args), strict=True):
         assert ours.shape == (2 * frames, (height // 2) * (width // 2))
         assert torch.equal(ours, theirs)
         assert torch.equal(ours[:frames], ours[frames:])  # shared by both CFG halves
-    transposed = SimpleNamespace(full=[level.transpose(1, 2) for level in spatial], face=spatial, body=spatial)
+    transposed = SimpleNamespace(full=[level.transpose(1, 2) for level in spatial], face=spatial, lips=spatial)
     with pytest.raises(InputError, match="full mask"):
         level_masks(transposed, 1, *args)
 

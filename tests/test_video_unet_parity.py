@@ -56,7 +56,7 @@ def case(fixtures_dir: Path, net: VideoNet) -> SimpleNamespace:
         pose=pose,
         masks=SimpleNamespace(full=[io[f"full_mask_level{k}"] for k in levels],
                               face=[io[f"face_mask_level{k}"] for k in levels],
-                              body=[io[f"lip_mask_level{k}"] for k in levels]),
+                              lips=[io[f"lip_mask_level{k}"] for k in levels]),
         reference=reference,
     )
 
@@ -126,7 +126,7 @@ def test_non_square_latents_take_spatial_or_flat_masks_and_refuse_mismatched_lev
     torch.manual_seed(0)
     frames, height, width = 3, 16, 24
     levels = [(height >> k, width >> k) for k in range(4)]
-    branches = ("full", "face", "body")
+    branches = ("full", "face", "lips")
     spatial = SimpleNamespace(**{name: [torch.rand(frames, h, w) for h, w in levels] for name in branches})
     flat = SimpleNamespace(**{name: [m.flatten(1) for m in getattr(spatial, name)] for name in branches})
     context = torch.randn(2, 1, 32)
@@ -140,7 +140,7 @@ def test_non_square_latents_take_spatial_or_flat_masks_and_refuse_mismatched_lev
         out_flat = net.denoising_unet(sample, 500, context, masks=flat, **kwargs)
     assert out.shape == sample.shape and torch.isfinite(out).all()
     assert torch.equal(out, out_flat)
-    square_masks = SimpleNamespace(full=spatial.full[:1], face=spatial.face, body=spatial.body)
+    square_masks = SimpleNamespace(full=spatial.full[:1], face=spatial.face, lips=spatial.lips)
     with pytest.raises(InputError):
         net.denoising_unet(sample, 500, context, masks=square_masks, **kwargs)
 

@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -221,6 +222,33 @@ class VideoTrainingModule(nn.Module):
                                   reference_rows=image_keep)
 
 
+@dataclass
+class NoiseDraw:
+    """The random part of one training batch: noise, timesteps and which rows keep their image/audio condition."""
+
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    image_keep: torch.Tensor
+    audio_keep: torch.Tensor
+
+    def to(self, device: torch.device) -> NoiseDraw:
+        return NoiseDraw(*(value.to(device) for value in (self.noise, self.timesteps, self.image_keep,
+                                                          self.audio_keep)))
+
+
+def draw_noise(config: TrainVideoConfig, shape: torch.Size, generator: torch.Generator,
+               drop_conditions: bool = True) -> NoiseDraw:
+    """Offset noise of ``shape`` (B, C, F, h, w), uniform timesteps and the condition dropout, drawn in a fixed
+    order from ``generator`` (a resumed run draws the same numbers)."""
+    rows, diffusion = shape[0], config.diffusion
+    noise = torch.randn(shape, generator=generator)
+    noise += diffusion.noise_offset * torch.randn((rows, shape[1], 1, 1, 1), generator=generator)
+    timesteps = torch.randint(0, diffusion.num_train_timesteps, (rows,), generator=generator)
+    image_keep = torch.rand(rows, generator=generator) >= (config.dropout.image if drop_conditions else 0.0)
+    audio_keep = torch.rand(rows, generator=generator) >= (config.dropout.audio if drop_conditions else 0.0)
+    return NoiseDraw(noise, timesteps, image_keep, audio_keep)
+
+
 def min_snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
     """Official min-SNR weights: min(snr', gamma) / snr' with snr' = snr + 1 for v-prediction."""
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
@@ -347,26 +375,16 @@ class VideoTrainer:
     def __init__(self, config: TrainVideoConfig) -> None:
         self.config = config
         self.out = Path(config.out_dir)
-        check_config(config)
-        self.manifest = load_manifest(config.manifest, require=STEP_FILES[config.step])
-        if config.optim.optimizer == "adamw8bit":
-            _bitsandbytes()  # fail before any model is loaded
+        self.manifest = checked_manifest(config)
         self.accelerator = make_accelerator(config)
         self.device = self.accelerator.device
         self.full_config = resolve_net_config(config, self.manifest)
         check_dims(config, self.full_config, self.manifest)
-        self.net = build_net(config, self.full_config)
-        self.trainable = trainable_names(self.net, config.step)
-        self._freeze()
-        if config.optim.gradient_checkpointing:
-            self.net.enable_gradient_checkpointing()
+        self.net, self.trainable = self._trainable_net()
         self.module = VideoTrainingModule(self.net, config.step, tuple(config.train_branch_weights))
         self.scheduler = make_scheduler(**scheduler_overrides(config))
         self.vae, self.clip = load_frozen_encoders(config, self.device, frozen_dtype(self.accelerator))
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(config.optim.optimizer, params, config)
-        warmup = max(config.optim.lr_warmup_steps, 1)
-        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.optimizer, self.lr_schedule = self._optimizer_with_warmup()
         self.model, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         examples = ImagePairExamples if config.step == 1 else VideoClipExamples
         self.examples = examples(self.manifest, config.data, config.seed)
@@ -374,11 +392,26 @@ class VideoTrainer:
 
     # ----- set-up helpers
 
-    def _freeze(self) -> None:
-        wanted = set(self.trainable)
-        for name, parameter in self.net.named_parameters():
+    def _trainable_net(self) -> tuple[VideoNet, list[str]]:
+        """This step's network in train mode, only its official trainable set requiring gradients."""
+        net = build_net(self.config, self.full_config)
+        trainable = trainable_names(net, self.config.step)
+        wanted = set(trainable)
+        for name, parameter in net.named_parameters():
             parameter.requires_grad_(name in wanted)
-        self.net.train()
+        net.train()
+        if self.config.optim.gradient_checkpointing:
+            net.enable_gradient_checkpointing()
+        return net, trainable
+
+    def _trained_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    def _optimizer_with_warmup(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """The optimizer over the trained parameters and its linear learning-rate warm-up."""
+        optimizer = make_optimizer(self.config.optim.optimizer, self._trained_parameters(), self.config)
+        warmup = max(self.config.optim.lr_warmup_steps, 1)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
 
     @property
     def unwrapped(self) -> VideoNet:
@@ -412,32 +445,31 @@ class VideoTrainer:
     def model_inputs(self, batch: dict[str, Any], generator: torch.Generator,
                      drop_conditions: bool = True) -> dict[str, Any]:
         """Latents, noise, timesteps, v-target, CLIP/reference/pose/audio/mask inputs of one batch."""
-        config, device = self.config, self.device
-        rows = batch["target"].shape[0]
-        latents = self.encode_video(batch["target"], generator)
-        reference_latents = encode_images(self.vae, to_model_pixels(batch["reference"].numpy()),
-                                          sample_generator=generator).float().to(device)
-        embeds = torch.stack([clip_image_embeds(self.clip, image) for image in batch["reference"]]).to(device)
-        noise = torch.randn(latents.shape, generator=generator)
-        noise += config.diffusion.noise_offset * torch.randn((rows, latents.shape[1], 1, 1, 1), generator=generator)
-        timesteps = torch.randint(0, config.diffusion.num_train_timesteps, (rows,), generator=generator)
-        image_keep = torch.rand(rows, generator=generator) >= (config.dropout.image if drop_conditions else 0.0)
-        audio_keep = torch.rand(rows, generator=generator) >= (config.dropout.audio if drop_conditions else 0.0)
-        noise, timesteps = noise.to(device), timesteps.to(device)
+        device = self.device
+        latents, reference_latents, embeds = self.encode_conditions(batch, generator)
+        drawn = draw_noise(self.config, latents.shape, generator, drop_conditions).to(device)
         inputs = {
-            "noisy": self.scheduler.add_noise(latents, noise, timesteps),
-            "target": self.scheduler.get_velocity(latents, noise, timesteps),
-            "timesteps": timesteps,
-            "clip_embeds": embeds * image_keep.to(device).view(-1, 1, 1),
+            "noisy": self.scheduler.add_noise(latents, drawn.noise, drawn.timesteps),
+            "target": self.scheduler.get_velocity(latents, drawn.noise, drawn.timesteps),
+            "timesteps": drawn.timesteps,
+            "clip_embeds": embeds * drawn.image_keep.view(-1, 1, 1),
             "reference_latents": reference_latents,
-            "image_keep": image_keep.to(device),
+            "image_keep": drawn.image_keep,
             "pose": batch["pose"].to(device),
         }
-        if config.step == 2:
-            inputs["audio"] = batch["audio"].to(device)
-            inputs["audio_keep"] = audio_keep.to(device)
-            inputs["masks"] = batch_masks(batch["masks"], device, torch.float32)
+        if self.config.step == 2:
+            inputs.update(audio=batch["audio"].to(device), audio_keep=drawn.audio_keep,
+                          masks=batch_masks(batch["masks"], device, torch.float32))
         return inputs
+
+    def encode_conditions(self, batch: dict[str, Any], generator: torch.Generator
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Target latents (B, 4, F, h, w), reference latents (B, 4, h, w) and the references' CLIP embeddings."""
+        latents = self.encode_video(batch["target"], generator)
+        reference_latents = encode_images(self.vae, to_model_pixels(batch["reference"].numpy()),
+                                          sample_generator=generator).float().to(self.device)
+        embeds = torch.stack([clip_image_embeds(self.clip, image) for image in batch["reference"]]).to(self.device)
+        return latents, reference_latents, embeds
 
     def encode_video(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(B, 3, F, H, W) in [-1, 1] -> latents (B, 4, F, h, w) float32 (VAE sample x 0.18215, official)."""
@@ -451,13 +483,12 @@ class VideoTrainer:
         total = 0.0
         for micro, batch in enumerate(batches):
             syncing = micro == len(batches) - 1
-            context = self.accelerator.no_sync(self.model) if not syncing else _null_context()
+            context = self.accelerator.no_sync(self.model) if not syncing else nullcontext()
             with context:
                 loss = self.loss(batch, self.generator(step, micro)) / len(batches)
                 self.accelerator.backward(loss)
             total += float(self.accelerator.reduce(loss.detach(), "mean"))
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        self.accelerator.clip_grad_norm_(params, self.config.optim.max_grad_norm)
+        self.accelerator.clip_grad_norm_(self._trained_parameters(), self.config.optim.max_grad_norm)
         self.optimizer.step()
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -591,14 +622,6 @@ class VideoTrainer:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _progress_bar(start: int, total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -607,6 +630,15 @@ def _progress_bar(start: int, total: int, enabled: bool) -> Any:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Checks and set-up
+
+
+def checked_manifest(config: TrainVideoConfig) -> Manifest:
+    """Refuse a config that cannot work, then read the manifest (with this step's files), before any model loads."""
+    check_config(config)
+    manifest = load_manifest(config.manifest, require=STEP_FILES[config.step])
+    if config.optim.optimizer == "adamw8bit":
+        _bitsandbytes()
+    return manifest
 
 
 def check_config(config: TrainVideoConfig) -> None:

@@ -431,7 +431,7 @@ class VideoClipExamples(_ExampleSource):
             "pose": pose_images(keypoints, width, height, self.settings.mask_legs),  # (3, F, H, W)
             "reference": torch.from_numpy(frames[-1]),
             "audio": clip.audio_windows(window, self.settings.audio_margin),  # (F, 5, layers, hidden)
-            "masks": {"full": masks.full, "face": masks.face, "body": masks.body},
+            "masks": {"full": masks.full, "face": masks.face, "lips": masks.lips},
         }
 
 
@@ -452,7 +452,7 @@ def batch_masks(batch_masks_dict: dict[str, list[torch.Tensor]], device: torch.d
                 dtype: torch.dtype) -> BranchMasks:
     """Collated masks as a BranchMasks on a device (each level (B, F, N))."""
     moved = {k: [level.to(device=device, dtype=dtype) for level in v] for k, v in batch_masks_dict.items()}
-    return BranchMasks(full=moved["full"], face=moved["face"], body=moved["body"])
+    return BranchMasks(full=moved["full"], face=moved["face"], lips=moved["lips"])
 
 
 class StepSampler(Sampler[int]):

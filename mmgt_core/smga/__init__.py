@@ -2,13 +2,12 @@
 
 from .diffusion import cosine_schedule, ddim_sample, p_losses
 from .generate import generate_pose_sequence, total_diffusion_steps
-from .model import TINY_TEST_CONFIG, GestureDecoder, SMGAConfig, build_smga, load_smga
+from .model import TINY_TEST_CONFIG, GestureDecoder, SMGAConfig, load_smga
 
 __all__ = [
     "GestureDecoder",
     "SMGAConfig",
     "TINY_TEST_CONFIG",
-    "build_smga",
     "cosine_schedule",
     "ddim_sample",
     "generate_pose_sequence",

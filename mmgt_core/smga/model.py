@@ -513,10 +513,6 @@ def draw_keep_mask(batch: int, drop_prob: float, device: torch.device | str,
 # Construction and loading
 
 
-def build_smga(config: SMGAConfig = SMGAConfig(), device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> GestureDecoder:
-    """A GestureDecoder in eval mode (weights from the constructor; load a state dict next)."""
-    return GestureDecoder(config).to(device=device, dtype=dtype).eval()
 
 
 def load_smga(path: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,

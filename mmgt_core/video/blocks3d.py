@@ -31,7 +31,7 @@ class StepInputs:
     temb: torch.Tensor  # (b*f, time_embed_dim)
     context: torch.Tensor  # (b, tokens, cross_attention_dim): CLIP image embedding (zeros for uncond)
     audio_tokens: torch.Tensor | None  # (b*f, tokens, audio_dim)
-    level_masks: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # level -> (full, face, body), (b*f, N)
+    level_masks: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # level -> (full, face, lips), (b*f, N)
     branch_weights: tuple[float, float, float] | None
     reference: ReferenceKV | None
     read_rows: torch.Tensor | None  # (b,) bool: batch rows that attend to the reference bank

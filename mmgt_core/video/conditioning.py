@@ -11,10 +11,11 @@ Everything here follows ``Pose2VideoPipeline`` of the official code (spec 3.2, 3
 * Pose frames: RGB in [0, 1] at the output size (diffusers ``VaeImageProcessor(do_normalize=False)``: LANCZOS,
   ``/255``), converted one context window at a time so memory does not grow with the video length.
 * Masks: the official pyramid (:mod:`mmgt_core.masks`) per latent level, flattened to ``(T, h_k * w_k)``, and the
-  three branch masks ``full`` (attn2_0), ``face`` (attn2_1), ``body`` (attn2_2) composed in one of three modes:
+  three branch masks ``full`` (attn2_0), ``face`` (attn2_1), ``lips`` (attn2_2; the official ``body_mask``)
+  composed in one of three modes:
 
   =========== ============================= ============ =====
-  mode        full                          face         body
+  mode        full                          face         lips
   =========== ============================= ============ =====
   released    1 + lips (default; Q10)       face+hands   lips
   paper       1 - (face+hands) (background) face+hands   lips
@@ -47,11 +48,11 @@ ImageLike = Image.Image | torch.Tensor | np.ndarray
 
 @dataclass
 class BranchMasks:
-    """MM-HAA masks per latent level (level k: ``(T, h_k * w_k)`` float32), in branch order full/face/body."""
+    """MM-HAA masks per latent level (level k: ``(T, h_k * w_k)`` float32), in branch order full/face/lips."""
 
     full: list[torch.Tensor]
     face: list[torch.Tensor]
-    body: list[torch.Tensor]
+    lips: list[torch.Tensor]
 
     @property
     def frames(self) -> int:
@@ -60,7 +61,7 @@ class BranchMasks:
 
     def select(self, frames: torch.Tensor) -> BranchMasks:
         """The masks of the given frame indices (one context window)."""
-        return BranchMasks(*([level[frames] for level in levels] for levels in (self.full, self.face, self.body)))
+        return BranchMasks(*([level[frames] for level in levels] for levels in (self.full, self.face, self.lips)))
 
 
 def check_output_size(width: int, height: int) -> None:
@@ -232,14 +233,14 @@ def compose_branch_masks(face_hands: Sequence[torch.Tensor], lips: Sequence[torc
         raise InputError("hands_mask", "mask mode 'training' uses the hands mask as the full mask, but none was given",
                          "connect a hands mask or use mask mode 'released'.")
     face = [_flat(level) for level in face_hands]
-    body = [_flat(level) for level in lips]
+    lips = [_flat(level) for level in lips]
     if mode == "released":
-        full = [1.0 + level for level in body]
+        full = [1.0 + level for level in lips]
     elif mode == "paper":
         full = [(1.0 - level).clamp(0.0, 1.0) for level in face]
     else:
         full = [_flat(level) for level in hands]
-    return BranchMasks(full=full, face=face, body=body)
+    return BranchMasks(full=full, face=face, lips=lips)
 
 
 def branch_masks_from_regions(face_hands: torch.Tensor, lips: torch.Tensor, hands: Optional[torch.Tensor],

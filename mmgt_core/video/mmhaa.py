@@ -5,7 +5,7 @@ The block is self-attention, then three audio cross-attention branches, each mul
 and passed through a 1x1 "zero conv" adapter, then summed with branch weights (spec 3.6):
 
     h = w0 * zero_conv_full(attn2_0(n, audio) * full_mask) + w1 * zero_conv_face(attn2_1(...) * face_mask)
-        + w2 * zero_conv_lip(attn2_2(...) * body_mask) + h
+        + w2 * zero_conv_lip(attn2_2(...) * lips_mask) + h
 
 The official code reshapes tokens to int(sqrt(N))^2 for the 1x1 convs; a 1x1 conv acts per token, so it is
 applied to the tokens directly and any H x W works.
@@ -25,14 +25,14 @@ from torch import nn
 from ..errors import InputError
 from .blocks3d import frames_to_tokens, tokens_to_frames
 
-MASK_BRANCHES = ("full", "face", "body")
+MASK_BRANCHES = ("full", "face", "lips")
 
 
 class BranchMaskLevels(Protocol):
     """Motion masks gating the three MM-HAA branches; one tensor per UNet level (level i <-> down_blocks.i).
 
-    ``full`` feeds attn2_0 (released inference: 1 + lips), ``face`` attn2_1 (face + hands), ``body`` attn2_2
-    (lips; named ``body_mask`` in the official code). Each level tensor is (F, h_l*w_l) or (F, h_l, w_l),
+    ``full`` feeds attn2_0 (released inference: 1 + lips), ``face`` attn2_1 (face + hands), ``lips`` attn2_2
+    (named ``body_mask`` in the official code). Each level tensor is (F, h_l*w_l) or (F, h_l, w_l),
     shared by all batch rows (both CFG halves use the same masks), or (B, F, ...) per batch row. Levels 0..2
     are used; further levels are ignored. ``mmgt_core.video.conditioning.BranchMasks`` satisfies this.
     """
@@ -44,19 +44,19 @@ class BranchMaskLevels(Protocol):
     def face(self) -> Sequence[torch.Tensor]: ...
 
     @property
-    def body(self) -> Sequence[torch.Tensor]: ...
+    def lips(self) -> Sequence[torch.Tensor]: ...
 
 
 def level_masks(
     masks: BranchMaskLevels, level: int, batch: int, frames: int, height: int, width: int, dtype: torch.dtype,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The (full, face, body) masks of one level as (b*f, h*w) tensors matching the frame-batch token layout."""
-    full, face, body = (
+    """The (full, face, lips) masks of one level as (b*f, h*w) tensors matching the frame-batch token layout."""
+    full, face, lips = (
         _flatten_level(getattr(masks, branch), branch, level, (batch, frames, height, width)).to(device, dtype)
         for branch in MASK_BRANCHES
     )
-    return full, face, body
+    return full, face, lips
 
 
 def _flatten_level(levels: Sequence[torch.Tensor], branch: str, level: int,

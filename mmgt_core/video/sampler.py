@@ -60,7 +60,7 @@ from mmgt_core.video.conditioning import (
     to_pil,
     zero_branch_masks,
 )
-from mmgt_core.video.context import ContextWindow, context_windows
+from mmgt_core.video.context import ContextWindow, context_windows, window_count
 from mmgt_core.video.decode import module_dtype_device
 from mmgt_core.video.reference_bank import ReferenceKV
 from mmgt_core.video.scheduler import inference_timesteps, make_scheduler, scheduler_step
@@ -418,8 +418,8 @@ def _accumulate(guided: torch.Tensor, weight_sum: torch.Tensor, window: ContextW
     weight_sum.index_add_(0, window.frames, window.weights)
 
 
-def sampling_total(frames: int, settings: VideoSettings) -> int:
-    """Progress units of :func:`sample_latents`: steps x windows."""
-    return settings.steps * len(context_windows(frames, settings.context_frames, settings.context_overlap,
-                                                settings.context_schedule, "flat"))
+def window_predictions(frames: int, settings: VideoSettings) -> int:
+    """How many window predictions :func:`sample_latents` makes (its progress total): steps x windows per step."""
+    return settings.steps * window_count(frames, settings.context_frames, settings.context_overlap,
+                                         settings.context_schedule)
 

@@ -254,8 +254,8 @@ class DenoisingUNet3D(nn.Module):
         * ``encoder_hidden_states`` (b, T, cross_dim): CLIP image embedding as (b, 1, 768); zeros for uncond.
         * ``audio_tokens`` (b, f, tokens, audio_dim) from AudioProjModel (zeros for uncond; None = zeros).
         * ``pose_features`` (b or 1, C0, f, h, w) from PoseGuider, added after conv_in.
-        * ``masks``: per-level (full, face, body) masks for these f frames (required by the MM-HAA modules).
-        * ``branch_weights``: (full, face, body=lip) MM-HAA weights; default [1, 1, 2] = released inference,
+        * ``masks``: per-level (full, face, lips) masks for these f frames (required by the MM-HAA modules).
+        * ``branch_weights``: (full, face, lips) MM-HAA weights; default [1, 1, 2] = released inference,
           None (or [1, 1, 1]) = the unweighted sum used in training and in the official eval path.
         * ``reference`` from :meth:`prepare_reference`; ``reference_rows`` (b,) says which batch rows read it
           (default all). For a CFG batch [uncond; cond] pass (False, True): uncond rows use plain self-attention.
@@ -311,7 +311,7 @@ class DenoisingUNet3D(nn.Module):
             return {}
         if masks is None:
             raise InputError("masks", "the MM-HAA audio modules need motion masks.",
-                             "Pass branch masks (full, face, body) with one tensor per latent level.")
+                             "Pass branch masks (full, face, lips) with one tensor per latent level.")
         sizes, result = (height, width), {}
         for depth in range(max(depths) + 1):
             if depth in depths:
