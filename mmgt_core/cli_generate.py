@@ -15,13 +15,13 @@ from .audio.waveform import frame_count
 from .errors import InputError, WeightsError
 from .keypoints import PoseSequence
 from .keypoints_io import load_keypoints_file
+from .media import Mp4Writer, check_output_path, read_audio, read_image, remove_stale_partials
 from .models_table import MODEL_FILES
 from .pipeline import VideoInputs, VideoPipeline, pose_from_features
 from .pose_align import align_to_reference
 from .timeline import output_frame_count, resample_keypoints, resample_stream, resampled_frame_count
 from .video.scheduler import SCHEDULERS
 from .video.settings import RELEASED, VideoSettings
-from .video_io import Mp4Writer, check_output_path, read_audio, read_image, remove_stale_partials
 
 FPS = 25.0
 MAX_FPS = 240.0
@@ -155,7 +155,7 @@ def _write_video(args: argparse.Namespace, latents: torch.Tensor, vae: Any, audi
                  rate: int, chunk_frames: int = 4) -> tuple[Path, int]:
     """Decode the latents chunk by chunk, resample to --fps and stream them into the mp4 with the audio (the
     length rule of ``timeline``: frames = round(fps × audio duration), audio cut/padded to the video)."""
-    from .video.decode import iter_decoded_chunks
+    from .video.vae_codec import iter_decoded_chunks
 
     generated = latents.shape[2]
     count = output_frame_count(resampled_frame_count(generated, FPS, args.fps),

@@ -144,7 +144,7 @@ def _measure_stage2(width: int, height: int, frame_counts: Sequence[int], dtype:
 def _measure_vae(width: int, height: int, chunks: Sequence[int], dtype: torch.dtype) -> list[dict]:
     from mmgt_core.tiny_models import random_vae
     from mmgt_core.video.bench import PeakRSS
-    from mmgt_core.video.decode import decode_latents
+    from mmgt_core.video.vae_codec import decode_latents
 
     vae = random_vae(False, dtype)
     rows = []

@@ -108,7 +108,7 @@ class VideoPipeline:
     def decode(self, latents: torch.Tensor, settings: VideoSettings, progress: OptionalProgress = None,
                check_cancel: OptionalCancel = None) -> torch.Tensor:
         """VAE decode, ``settings.decode_chunk`` frames at a time: (T, H, W, 3) float32 in [0, 1]."""
-        from .video.decode import decode_latents
+        from .video.vae_codec import decode_latents
 
         return decode_latents(self.vae, latents, settings.decode_chunk, progress=progress, check_cancel=check_cancel)
 

@@ -11,9 +11,9 @@ import av
 import torch
 
 from mmgt_core.errors import InputError
+from mmgt_core.media import Mp4Writer
 from mmgt_core.timeline import output_frame_count
-from mmgt_core.video.decode import iter_decoded_chunks
-from mmgt_core.video_io import Mp4Writer
+from mmgt_core.video.vae_codec import iter_decoded_chunks
 
 from . import host
 from .common import node_errors

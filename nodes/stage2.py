@@ -27,10 +27,10 @@ from mmgt_core.pretrained import load_vae
 from mmgt_core.timeline import trim_audio
 from mmgt_core.video.conditioning import MASK_MODES, clip_image_embeds, load_clip_image_encoder
 from mmgt_core.video.context import SCHEDULES
-from mmgt_core.video.decode import VAE_SCALING, decode_latents
 from mmgt_core.video.net import VideoNet, load_video_net
 from mmgt_core.video.scheduler import SCHEDULERS
 from mmgt_core.video.settings import RELEASED, VideoSettings
+from mmgt_core.video.vae_codec import VAE_SCALING, decode_latents
 
 from . import host
 from .common import DTYPE_INPUT, KEYPOINTS_TYPE, LOGGER, audio_to_mono, node_errors

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from mmgt_core.media import Mp4Writer, OutputWriteError, probe_av_sync, write_mp4
 from mmgt_core.timeline import audio_sample_count, video_frame_count
-from mmgt_core.video_io import Mp4Writer, OutputWriteError, probe_av_sync, write_mp4
 
 CLIP_SECONDS = 60.0
 CLICK_TIMES = (0.0, 5.0, 59.0)  # start, the 5 s, and near the end (drift)

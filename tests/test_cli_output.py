@@ -19,8 +19,8 @@ from mmgt_core import cli_generate
 from mmgt_core.__main__ import main as cli_main
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.keypoints_io import save_keypoints_file
+from mmgt_core.media import PARTIAL_PREFIX
 from mmgt_core.tiny_models import synthetic_reference_pose
-from mmgt_core.video_io import PARTIAL_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 2000  # long enough that the write lasts while the test signals it
@@ -29,20 +29,20 @@ FRAMES = 2000  # long enough that the write lasts while the test signals it
 # short pause per written chunk so the signal reliably lands during the mp4 write.
 CHILD = """
 import sys, time, torch
-from mmgt_core import cli_generate, video_io
+from mmgt_core import cli_generate, media
 from mmgt_core.__main__ import main
 from mmgt_core.pretrained import load_vae
 
 def stage2(args, models, *rest):
     return torch.randn(1, 4, {frames}, 8, 8), load_vae(models / "sd-vae-ft-mse")
 
-write = video_io.Mp4Writer.write
+write = media.Mp4Writer.write
 def slow_write(self, frames):
     write(self, frames)
     time.sleep(0.01)
 
 cli_generate._stage2 = stage2
-video_io.Mp4Writer.write = slow_write
+media.Mp4Writer.write = slow_write
 torch.set_num_threads(1)
 sys.exit(main(sys.argv[1:]))
 """
@@ -144,8 +144,8 @@ def test_a_run_stopped_during_the_write_leaves_only_the_previous_output(inputs, 
 
 
 def test_generate_streams_the_whole_video_in_sync(inputs, tmp_path, monkeypatch):
+    from mmgt_core.media import probe_av_sync
     from mmgt_core.pretrained import load_vae
-    from mmgt_core.video_io import probe_av_sync
 
     def stage2(args, models, *rest):
         return torch.randn(1, 4, 60, 8, 8), load_vae(models / "sd-vae-ft-mse")

@@ -221,7 +221,7 @@ def test_a_run_that_does_not_fit_or_is_cancelled_leaves_no_model_half_moved(mana
 
 
 def test_sample_video_also_returns_core_latent_in_the_vae_scale(managed_host):
-    from mmgt_core.video.decode import VAE_SCALING, decode_latents
+    from mmgt_core.video.vae_codec import VAE_SCALING, decode_latents
 
     prompt = twin("mmgt_pose_to_video")
     result = run(prompt, managed_host["classes"])

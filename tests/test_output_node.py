@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from executor import run
-from mmgt_core.video_io import PARTIAL_PREFIX, probe_av_sync
+from mmgt_core.media import PARTIAL_PREFIX, probe_av_sync
 
 RATE = 16000
 

@@ -82,7 +82,7 @@ def test_another_drawing_style_is_not_a_dwpose_drawing():
 def test_a_drawing_whose_colours_h264_changed_is_refused_not_misread(drawn, tmp_path):
     import av
 
-    from mmgt_core.video_io import write_mp4
+    from mmgt_core.media import write_mp4
 
     truth, _ = drawn
     write_mp4(tmp_path / "pose.mp4", render_pose_video(truth).float() / 255.0, 25.0)

@@ -20,7 +20,6 @@ from safetensors.torch import load_file
 
 from mmgt_core.errors import Cancelled
 from mmgt_core.video.conditioning import BranchMasks, clip_image_embeds, load_clip_image_encoder, reference_latent
-from mmgt_core.video.decode import decode_latents
 from mmgt_core.video.net import load_video_net
 from mmgt_core.video.sampler import (
     SamplingSettings,
@@ -30,6 +29,7 @@ from mmgt_core.video.sampler import (
     sample_latents,
 )
 from mmgt_core.video.scheduler import ddim_step, inference_timesteps, make_scheduler
+from mmgt_core.video.vae_codec import decode_latents
 from tiny_fixture import tiny_net_config
 
 SEED = 1049

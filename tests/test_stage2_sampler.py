@@ -27,10 +27,10 @@ from mmgt_core.video.conditioning import (
     zero_branch_masks,
 )
 from mmgt_core.video.context import blend_ramp, closed_loop_indices, context_windows
-from mmgt_core.video.decode import decode_latents, encode_images
 from mmgt_core.video.net import VideoNet, load_video_net
 from mmgt_core.video.sampler import SamplingSettings, VideoConditioning, project_audio, sample_latents
 from mmgt_core.video.scheduler import RELEASED_SCHEDULER_CONFIG, ddim_step, inference_timesteps, make_scheduler
+from mmgt_core.video.vae_codec import decode_latents, encode_images
 from tiny_fixture import tiny_net_config
 
 MODULE_ATOL = 1e-4  # fixture README: module-level parity

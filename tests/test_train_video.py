@@ -23,10 +23,10 @@ from safetensors.torch import load_file
 from mmgt_core.errors import InputError, WeightsError
 from mmgt_core.keypoints import PoseSequence, normalize
 from mmgt_core.masks import motion_masks
+from mmgt_core.media import write_mp4
 from mmgt_core.render import draw_pose_frame, render_pose_video
 from mmgt_core.tiny_models import synthetic_reference_pose
 from mmgt_core.video.net import load_video_net
-from mmgt_core.video_io import write_mp4
 from tiny_fixture import tiny_net_config
 from training.config import ModelSources, PrepareConfig, TrainVideoConfig, load_train_config, save_config
 from training.prepare_dataset import prepare_dataset

@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_file
 
 from mmgt_core.keypoints import PoseSequence, to_pose_keypoint
+from mmgt_core.media import write_mp4
 from mmgt_core.pose_detect import dwpose as dw
 from mmgt_core.render import render_pose_video
 from mmgt_core.tiny_models import synthetic_reference_pose
-from mmgt_core.video_io import write_mp4
 from mmgt_core.weights import save_weights
 from tiny_fixture import tiny_net_config
 

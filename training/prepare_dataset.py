@@ -52,10 +52,10 @@ from mmgt_core.audio.waveform import prepare_audio
 from mmgt_core.errors import InputError, MMGTError, WeightsError
 from mmgt_core.files import replace_folder, write_json_atomically
 from mmgt_core.keypoints import NUM_KEYPOINTS, PoseSequence, to_official_feature
+from mmgt_core.media import read_audio
 from mmgt_core.pose_detect.select import looks_like_a_person
 from mmgt_core.timeline import fit_length
 from mmgt_core.video.conditioning import cover_points, cover_resize
-from mmgt_core.video_io import read_audio
 
 from .config import PrepareConfig
 from .smga_data import window_starts

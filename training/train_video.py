@@ -49,9 +49,9 @@ from mmgt_core.files import replace_folder, write_json_atomically
 from mmgt_core.types import OptionalCancel, OptionalProgress
 from mmgt_core.video.conditioning import clip_image_embeds, load_clip_image_encoder
 from mmgt_core.video.config import RELEASED_BRANCH_WEIGHTS, VideoNetConfig
-from mmgt_core.video.decode import encode_images
 from mmgt_core.video.net import VideoNet
 from mmgt_core.video.scheduler import make_scheduler
+from mmgt_core.video.vae_codec import encode_images
 from mmgt_core.weights import COMPONENT_VIDEO_NET, load_weights, read_config, save_weights, strict_load
 
 from .config import TrainVideoConfig, apply_overrides, load_train_config, save_config
@@ -733,9 +733,9 @@ def render_validation(net: VideoNet, vae: Any, clip: Any, manifest: Manifest, co
                       out_dir: Path) -> Path:
     """A short clip of one prepared video, rendered by the inference sampler, saved as mp4 with its audio."""
     from mmgt_core.keypoints import PoseSequence
+    from mmgt_core.media import write_mp4
     from mmgt_core.pipeline import VideoInputs, VideoPipeline
     from mmgt_core.video.settings import VideoSettings
-    from mmgt_core.video_io import write_mp4
 
     from .smga_data import read_wav
 

@@ -175,7 +175,7 @@ def reference_pixels(image: ImageLike, width: int, height: int) -> torch.Tensor:
 
 def reference_latent(vae: nn.Module, image: ImageLike, width: int, height: int) -> torch.Tensor:
     """``vae.encode(pixels).latent_dist.mean * 0.18215`` -> (1, 4, H/8, W/8) in the VAE's dtype."""
-    from mmgt_core.video.decode import encode_images
+    from mmgt_core.video.vae_codec import encode_images
 
     return encode_images(vae, reference_pixels(image, width, height))
 

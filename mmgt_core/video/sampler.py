@@ -61,10 +61,10 @@ from mmgt_core.video.conditioning import (
     zero_branch_masks,
 )
 from mmgt_core.video.context import ContextWindow, context_windows, window_count
-from mmgt_core.video.decode import module_dtype_device
 from mmgt_core.video.reference_bank import ReferenceKV
 from mmgt_core.video.scheduler import inference_timesteps, make_scheduler, scheduler_step
 from mmgt_core.video.settings import VideoSettings, check_scheduler
+from mmgt_core.video.vae_codec import module_dtype_device
 
 LATENT_CHANNELS = 4
 LATENT_STRIDE = 8
