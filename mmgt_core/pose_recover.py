@@ -29,7 +29,7 @@ import torch
 from .errors import InputError
 from .keypoints import FACE, LEFT_HAND, LIPS, RIGHT_HAND, PoseSequence
 from .render import BODY_COLORS, FACE_COLOR, HAND_EDGE_COLORS, HAND_EDGES, HAND_JOINT_COLOR, _pen_sizes
-from .types import CancelFn, ProgressFn, no_cancel, no_progress
+from .types import OptionalCancel, OptionalProgress
 
 COLOUR_TOLERANCE = 24.0  # max distance (RGB) to a palette colour; absorbs slight colour shifts only
 MIN_PALETTE_SHARE = 0.85  # share of drawn (non-black) pixels that must be palette colours
@@ -355,15 +355,17 @@ def recover_keypoints(frame: np.ndarray, frame_index: int = 0, input_name: str =
     return out
 
 
-def recover_pose_sequence(frames: torch.Tensor | np.ndarray, fps: float = 25.0, progress: ProgressFn = no_progress,
-                          check_cancel: CancelFn = no_cancel) -> PoseSequence:
+def recover_pose_sequence(frames: torch.Tensor | np.ndarray, fps: float = 25.0, progress: OptionalProgress = None,
+                          check_cancel: OptionalCancel = None) -> PoseSequence:
     """Keypoints for every frame of a (T, H, W, 3) uint8 pose video."""
     array = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise InputError("pose_frames", f"expected (frames, H, W, 3) uint8 RGB, got {array.shape} {array.dtype}.")
     out = np.zeros((array.shape[0], 134, 3), np.float32)
     for index, frame in enumerate(array):
-        check_cancel()
+        if check_cancel is not None:
+            check_cancel()
         out[index] = recover_keypoints(frame, index)
-        progress(index + 1, array.shape[0])
+        if progress is not None:
+            progress(index + 1, array.shape[0])
     return PoseSequence(torch.from_numpy(out), array.shape[2], array.shape[1], fps)

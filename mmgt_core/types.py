@@ -12,13 +12,7 @@ CancelFn = Callable[[], None]
 """check_cancel(): raises (e.g. Cancelled or the host's interrupt exception) when the user cancelled."""
 
 
-def no_progress(step: int, total: int) -> None:
-    """Progress callback that does nothing."""
-
-
-def no_cancel() -> None:
-    """Cancel check that never cancels."""
-
-
 OptionalProgress = Optional[ProgressFn]
+"""None: no progress reports."""
 OptionalCancel = Optional[CancelFn]
+"""None: never cancelled."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..keypoints import PoseSequence
-from ..types import CancelFn, ProgressFn, no_cancel, no_progress
+from ..types import OptionalCancel, OptionalProgress
 from .dwpose import assemble_openpose_134, check_image, detect_to_original, resize_for_detection
 from .track import DEFAULT_MAX_GAP, PersonTracker, fill_gaps
 
@@ -36,8 +36,8 @@ def detect_video_keypoints(
     fps: float,
     num_frames: int | None = None,
     max_gap: int = DEFAULT_MAX_GAP,
-    progress: ProgressFn = no_progress,
-    check_cancel: CancelFn = no_cancel,
+    progress: OptionalProgress = None,
+    check_cancel: OptionalCancel = None,
 ) -> tuple[PoseSequence, list[str]]:
     """Keypoints (T, 134, 3) of the followed person in RGB uint8 ``frames``, at the video's own ``fps``.
 
@@ -51,7 +51,8 @@ def detect_video_keypoints(
     crowded = 0
     size: tuple[int, int] | None = None
     for index, frame in enumerate(frames):
-        check_cancel()
+        if check_cancel is not None:
+            check_cancel()
         image_rgb = check_image(np.asarray(frame), "image")
         frame_wh = (image_rgb.shape[1], image_rgb.shape[0])
         size = size or frame_wh
@@ -69,7 +70,8 @@ def detect_video_keypoints(
             keypoints[:, :2] = detect_to_original(keypoints[:, :2], detect_wh, frame_wh)
             found.append(keypoints.astype(np.float32))
             missing.append(False)
-        progress(index + 1, max(total, index + 1))
+        if progress is not None:
+            progress(index + 1, max(total, index + 1))
     if size is None:
         from ..errors import InputError
 
