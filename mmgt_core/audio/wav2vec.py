@@ -82,7 +82,10 @@ def load_wav2vec2(model_dir: str | Path, device: torch.device | str = "cpu") -> 
 def normalize_waveform(waveform: np.ndarray) -> np.ndarray:
     """Zero mean / unit variance over the whole clip, in float32 like the wav2vec2 feature extractor."""
     waveform = np.asarray(waveform, dtype=np.float32)
-    return (waveform - waveform.mean()) / np.sqrt(waveform.var() + NORMALIZE_EPS)
+    scale = np.sqrt(waveform.var() + NORMALIZE_EPS)
+    normalized = waveform - waveform.mean()
+    normalized /= scale  # in place: one waveform-sized copy, not two (10 min at 16 kHz: 38 MB each)
+    return normalized
 
 
 def prepare_waveform(waveform: WaveformLike, sample_rate: int, separator: Optional[VocalSeparator] = None
