@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional, Union
 import torch
 
 from mmgt_core.audio.edge_features import EDGE_FEATURE_DIM, edge_features
-from mmgt_core.audio.waveform import ENCODER_SAMPLE_RATE, WaveformLike, frame_count, prepare_audio, to_mono
+from mmgt_core.audio.waveform import WaveformLike, frame_count, prepare_audio, to_mono
 from mmgt_core.audio.wavlm import (
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_CONTEXT_SECONDS,
@@ -24,6 +24,7 @@ from mmgt_core.audio.wavlm import (
     plan_chunks_seconds,
     wavlm_features,
 )
+from mmgt_core.constants import ENCODER_SAMPLE_RATE
 from mmgt_core.types import OptionalCancel, OptionalProgress
 
 if TYPE_CHECKING:

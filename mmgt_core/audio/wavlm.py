@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 
 from mmgt_core.audio.waveform import (
-    ENCODER_SAMPLE_RATE,
     WaveformLike,
     conv_frames,
     conv_geometry,
@@ -47,6 +46,7 @@ from mmgt_core.audio.waveform import (
     to_mono,
     validate_clip,
 )
+from mmgt_core.constants import ENCODER_SAMPLE_RATE
 from mmgt_core.errors import WeightsError
 from mmgt_core.timeline import fit_length
 from mmgt_core.types import OptionalCancel, OptionalProgress
