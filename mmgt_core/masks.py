@@ -25,15 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .constants import KEYPOINT_SCORE_THRESHOLD
+from .constants import KEYPOINT_SCORE_THRESHOLD, LATENT_LEVELS, LATENT_STRIDE
 from .errors import InputError
 from .keypoints import FACE, LEFT_HAND, LIPS, RIGHT_HAND, PoseSequence
 
 FACE_BLUR_KERNEL = 31
 LIPS_BLUR_KERNEL = 21
 HANDS_BLUR_KERNEL = 21
-LATENT_LEVELS = 4
-LATENT_STRIDE = 8
 
 
 def _probe_cv_max_channels() -> int:

@@ -19,6 +19,7 @@ from mmgt_core.audio.waveform import WaveformLike, frame_count, prepare_audio, t
 from mmgt_core.audio.wavlm import (
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_CONTEXT_SECONDS,
+    WAVLM_LARGE_HIDDEN_SIZE,
     WavLMEncoder,
     encoder_from_model,
     plan_chunks_seconds,
@@ -31,8 +32,12 @@ if TYPE_CHECKING:
     from transformers import WavLMModel
 
 
+RELEASED_STAGE1_FEATURE_DIM = WAVLM_LARGE_HIDDEN_SIZE + EDGE_FEATURE_DIM
+"""1059: the released SMGA model's audio input, WavLM-Large (1024) + EDGE (35)."""
+
+
 def stage1_feature_dim(encoder: WavLMEncoder) -> int:
-    """Columns of the Stage-I features: WavLM hidden size + 35 (1059 for WavLM-Large)."""
+    """Columns of the Stage-I features: WavLM hidden size + 35 (:data:`RELEASED_STAGE1_FEATURE_DIM` for WavLM-Large)."""
     return encoder.hidden_size + EDGE_FEATURE_DIM
 
 

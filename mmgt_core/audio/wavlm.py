@@ -68,6 +68,8 @@ NORMALIZE_CONFIG_KEY = "mmgt_normalize_waveform"
 
 DEFAULT_CHUNK_SECONDS = 20.0
 DEFAULT_CONTEXT_SECONDS = 5.0
+WAVLM_LARGE_HIDDEN_SIZE = 1024
+"""Width of WavLM-Large's last layer, the released Stage-I encoder."""
 
 _UNILM_ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "tanh": "tanh", "linear": "linear",
                       "gelu_accurate": "gelu_new", "gelu_fast": "gelu_new"}
