@@ -35,6 +35,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from mmgt_core.constants import ENCODER_SAMPLE_RATE, VIDEO_FPS
 from mmgt_core.pipeline import VideoInputs, VideoPipeline
 from mmgt_core.tiny_models import (
     moving_pose,
@@ -130,7 +131,7 @@ def _synthetic_inputs(frames: int, width: int, height: int, seed: int = 0) -> di
     """A moving pose (keypoints), a reference image and a speech-like waveform of the same length."""
     generator = torch.Generator().manual_seed(seed)
     image = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8)
-    wave = torch.from_numpy(synthetic_speech(frames / 25))
+    wave = torch.from_numpy(synthetic_speech(frames / VIDEO_FPS))
     return {"pose": moving_pose(frames, width, height), "image": image, "wave": wave}
 
 
@@ -150,7 +151,7 @@ def _generate(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, se
     inputs = _synthetic_inputs(frames, settings.width, settings.height)
     pipeline = VideoPipeline(net, vae)
     split: dict[str, float] = {}
-    split["audio_s"], features = _timed(lambda: wav2vec2_features(wav2vec, inputs["wave"], 16000)[0])
+    split["audio_s"], features = _timed(lambda: wav2vec2_features(wav2vec, inputs["wave"], ENCODER_SAMPLE_RATE)[0])
     embeds = torch.randn(1, net.config.unet.cross_attention_dim)
     video_inputs = VideoInputs(inputs["image"], keypoints=inputs["pose"], audio_features=features,
                                image_embeds=embeds)

@@ -31,16 +31,16 @@ from typing import Any, Optional
 
 import torch
 
+from mmgt_core.constants import ENCODER_SAMPLE_RATE
 from mmgt_core.tiny_models import synthetic_reference_pose, synthetic_speech, write_tiny_model_set
 from mmgt_core.video.bench import PeakRSS
 
 DEFAULT_SECONDS = (10.0, 60.0, 600.0)
-SAMPLE_RATE = 16000
 MEMORY_TARGET = 1.3
 TIME_SPREAD_TARGET = 0.2
 
 
-def speech_audio(seconds: float, rate: int = SAMPLE_RATE) -> dict[str, Any]:
+def speech_audio(seconds: float, rate: int = ENCODER_SAMPLE_RATE) -> dict[str, Any]:
     """The synthetic speech as a ComfyUI AUDIO dict."""
     return {"waveform": torch.from_numpy(synthetic_speech(seconds, rate))[None, None], "sample_rate": rate}
 
