@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from .constants import ENCODER_SAMPLE_RATE, VIDEO_FPS
+from .constants import ENCODER_SAMPLE_RATE, LATENT_STRIDE, VIDEO_FPS
 
 MIB = 2**20
 CALIBRATION_DTYPE = torch.bfloat16
@@ -61,7 +61,7 @@ def _element_size(dtype: torch.dtype) -> int:
 
 def latent_pixels(width: int, height: int) -> int:
     """Pixels of one SD latent frame (1/8 of each side)."""
-    return (width // 8) * (height // 8)
+    return (width // LATENT_STRIDE) * (height // LATENT_STRIDE)
 
 
 def stage2_window_bytes(width: int, height: int, window_frames: int, cfg_batch: int, dtype: torch.dtype) -> int:
@@ -151,7 +151,7 @@ def _measure_vae(width: int, height: int, chunks: Sequence[int], dtype: torch.dt
     vae = random_vae(False, dtype)
     rows = []
     for chunk in chunks:
-        latents = torch.randn(chunk, 4, height // 8, width // 8)
+        latents = torch.randn(chunk, 4, height // LATENT_STRIDE, width // LATENT_STRIDE)
         _return_freed_memory()
         with PeakRSS() as peak:
             decode_latents(vae, latents, chunk_frames=chunk)
