@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import torch
 
-from mmgt_core.constants import ENCODER_SAMPLE_RATE
+from mmgt_core.constants import ENCODER_SAMPLE_RATE, SIZE_MULTIPLE
 from mmgt_core.tiny_models import synthetic_reference_pose, synthetic_speech, write_tiny_model_set
 from mmgt_core.video.bench import PeakRSS
 
@@ -167,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, nargs="+", default=list(DEFAULT_SECONDS),
                         help="speech lengths to render (default 10 60 600)")
-    parser.add_argument("--size", type=int, default=128, help="output width and height (multiple of 64)")
+    parser.add_argument("--size", type=int, default=128, help=f"output width and height (multiple of {SIZE_MULTIPLE})")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps (Stage I and Stage II)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16")
     parser.add_argument("--threads", type=int, default=None)
