@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 
 from .audio.waveform import frame_count
+from .constants import SIZE_MULTIPLE, VIDEO_FPS
 from .errors import InputError, WeightsError
 from .keypoints import PoseSequence
 from .keypoints_io import load_keypoints_file
@@ -23,7 +24,6 @@ from .timeline import output_frame_count, resample_keypoints, resample_stream, r
 from .video.scheduler import SCHEDULERS
 from .video.settings import RELEASED, VideoSettings
 
-FPS = 25.0
 MAX_FPS = 240.0
 
 
@@ -58,7 +58,7 @@ def _reference_pose(args: argparse.Namespace, image: Any, models: Path) -> PoseS
     result = detect_reference_pose(image, backend=args.pose_backend,
                                    dwpose_paths=paths if all(p.exists() for p in paths) else None)
     print(f"reference pose: {result.message}")
-    return result.to_pose_sequence(FPS)
+    return result.to_pose_sequence(VIDEO_FPS)
 
 
 def _stage1_pose(args: argparse.Namespace, audio: torch.Tensor, rate: int, reference: PoseSequence, models: Path,
@@ -83,9 +83,9 @@ def _external_pose(args: argparse.Namespace, reference: PoseSequence, frames: Op
     pose, notes = load_keypoints_file(args.pose, reference.width, reference.height, args.pose_fps)
     for note in notes:
         print(f"pose: {note}")
-    if pose.fps != FPS:
-        pose = resample_keypoints(pose, FPS)
-        print(f"pose: resampled from {args.pose_fps:g} to {FPS:g} fps")
+    if pose.fps != VIDEO_FPS:
+        pose = resample_keypoints(pose, VIDEO_FPS)
+        print(f"pose: resampled from {args.pose_fps:g} to {VIDEO_FPS:g} fps")
     if not args.no_align:
         pose, fit = align_to_reference(pose, reference)
         print(f"pose: aligned to the reference body (scale {fit.scale:.3f} by {fit.measured_by})")
@@ -105,8 +105,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise InputError("--fps", f"{args.fps:g} is not a usable frame rate.", f"Give a number above 0 and at most "
                                                                                f"{MAX_FPS:g}, e.g. 25 or 30.")
     for name, value in (("--width", args.width), ("--height", args.height)):
-        if value < 64 or value % 64:
-            raise InputError(name, f"{value} is not a positive multiple of 64.", "Use e.g. 512, 576 or 768.")
+        if value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
+            raise InputError(name, f"{value} is not a positive multiple of {SIZE_MULTIPLE}.",
+                             "Use e.g. 512, 576 or 768.")
     if not Path(args.models).is_dir():
         raise InputError("--models", f"the models folder '{args.models}' does not exist.",
                          "Point --models at the folder with the model files (ComfyUI/models/mmgt); "
@@ -158,12 +159,12 @@ def _write_video(args: argparse.Namespace, latents: torch.Tensor, vae: Any, audi
     from .video.vae_codec import iter_decoded_chunks
 
     generated = latents.shape[2]
-    count = output_frame_count(resampled_frame_count(generated, FPS, args.fps),
+    count = output_frame_count(resampled_frame_count(generated, VIDEO_FPS, args.fps),
                                None if audio is None else audio.shape[-1], rate, args.fps)
-    needed = min(generated, math.ceil(count * FPS / args.fps) + 1)  # source frames the output shows
+    needed = min(generated, math.ceil(count * VIDEO_FPS / args.fps) + 1)  # source frames the output shows
     chunks = iter_decoded_chunks(vae, latents, chunk_frames, stop=needed)
     with Mp4Writer(args.out, args.fps, audio, rate) as writer:
-        for frames in resample_stream(chunks, needed, FPS, args.fps, count):
+        for frames in resample_stream(chunks, needed, VIDEO_FPS, args.fps, count):
             writer.write(frames)
     return writer.target, count
 
@@ -219,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio", help="speech (WAV/FLAC/MP3/…; any rate and length)")
     parser.add_argument("--pose", help="keypoints driving the body: POSE_KEYPOINT .json, official .npy, or MMGT "
                                        ".safetensors (pose-driven mode; aligned to the reference body)")
-    parser.add_argument("--pose-fps", type=float, default=FPS, help="frame rate of --pose (resampled to 25)")
+    parser.add_argument("--pose-fps", type=float, default=VIDEO_FPS,
+                        help=f"frame rate of --pose (resampled to {VIDEO_FPS})")
     parser.add_argument("--no-align", action="store_true", help="use --pose as is, without fitting it to the "
                                                                 "reference body")
     parser.add_argument("--reference-pose", help="keypoints file for the reference image (skips pose detection)")
@@ -228,13 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", default="models/mmgt", help="folder with the model files (see `doctor`)")
     parser.add_argument("--out", required=True, help="output .mp4")
     parser.add_argument("--width", type=int, default=RELEASED.width,
-                        help=f"output width, multiple of 64 (default {RELEASED.width})")
+                        help=f"output width, multiple of {SIZE_MULTIPLE} (default {RELEASED.width})")
     parser.add_argument("--height", type=int, default=RELEASED.height,
-                        help=f"output height, multiple of 64 (default {RELEASED.height})")
-    parser.add_argument("--fps", type=float, default=FPS, help="output frame rate; frames are resampled, the audio "
-                                                               "is untouched, so lip sync holds (default 25). "
-                                                               "Frames = round(fps × audio duration); the audio is "
-                                                               "cut or padded to the video's duration")
+                        help=f"output height, multiple of {SIZE_MULTIPLE} (default {RELEASED.height})")
+    parser.add_argument("--fps", type=float, default=VIDEO_FPS,
+                        help=f"output frame rate; frames are resampled, the audio is untouched, so lip sync holds "
+                             f"(default {VIDEO_FPS}). Frames = round(fps × audio duration); the audio is cut or padded "
+                             "to the video's duration")
     parser.add_argument("--seed", type=int, default=RELEASED.seed, help=f"random seed (default {RELEASED.seed})")
     parser.add_argument("--steps", type=int, default=RELEASED.steps,
                         help=f"Stage-II sampler steps (official {RELEASED.steps} DDIM steps)")

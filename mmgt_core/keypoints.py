@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .constants import KEYPOINT_SCORE_THRESHOLD, VIDEO_FPS
 from .errors import InputError
 
 NUM_KEYPOINTS = 134
@@ -40,9 +41,6 @@ RIGHT_HAND = range(113, 134)
 HANDS = range(92, 134)
 LEGS = (9, 10, 12, 13)
 
-BODY_SCORE_THRESHOLD = 0.3  # body joints are drawn when score > 0.3
-POINT_SCORE_THRESHOLD = 0.3  # face/hand points are dropped when score < 0.3
-
 _NORM_LOW = -200.0
 _NORM_HIGH = 800.0
 
@@ -54,7 +52,7 @@ class PoseSequence:
     keypoints: torch.Tensor
     width: int
     height: int
-    fps: float = 25.0
+    fps: float = VIDEO_FPS
     speech_weights: torch.Tensor | None = None
     """(T,) in [0, 1] or None: how strongly MM-HAA's face and lip audio attention acts on each frame (the silence
     gate of MMGT Motion Controls fades it in pauses); None = fully (the official behaviour). Kept while the frame
@@ -65,6 +63,7 @@ class PoseSequence:
         validate_canvas(self.width, self.height)
         if not self.fps > 0:
             raise InputError("fps", f"must be positive, got {self.fps}.", "Use the video frame rate, e.g. 25.")
+        self.fps = float(self.fps)
         if self.speech_weights is not None and tuple(self.speech_weights.shape) != (self.num_frames,):
             raise InputError("speech_weights", f"shape {tuple(self.speech_weights.shape)} does not match "
                              f"{self.num_frames} frames.", "Pass one weight per frame.")
@@ -175,7 +174,7 @@ def to_official_feature(sequence: PoseSequence) -> torch.Tensor:
     return normalize(pixels.reshape(pixels.shape[0], FEATURE_DIM))
 
 
-def from_official_feature(feature: torch.Tensor, width: int, height: int, fps: float = 25.0) -> PoseSequence:
+def from_official_feature(feature: torch.Tensor, width: int, height: int, fps: float = VIDEO_FPS) -> PoseSequence:
     """Official normalised (T, 402) features → a pose sequence on a ``width``×``height`` canvas."""
     if feature.ndim != 2 or feature.shape[1] != FEATURE_DIM:
         raise InputError("feature", f"expected shape (frames, 402), got {tuple(feature.shape)}.")
@@ -256,7 +255,7 @@ def _looks_normalized(frames: list[torch.Tensor]) -> bool:
 
 
 def from_pose_keypoint(
-    pose_keypoint: list[dict[str, Any]] | dict[str, Any], fps: float = 25.0, width: int | None = None,
+    pose_keypoint: list[dict[str, Any]] | dict[str, Any], fps: float = VIDEO_FPS, width: int | None = None,
     height: int | None = None,
 ) -> tuple[PoseSequence, list[str]]:
     """Convert ComfyUI ``POSE_KEYPOINT`` frames (either flavour, detected) into a :class:`PoseSequence`.
@@ -276,7 +275,7 @@ def from_pose_keypoint(
     canvas_w = width or int(frames_in[0].get("canvas_width") or 0)
     canvas_h = height or int(frames_in[0].get("canvas_height") or 0)
     tracker = PersonTracker()
-    box_threshold = POINT_SCORE_THRESHOLD if flavour == "sdpose" else 0.0  # SDPose keeps raw low scores
+    box_threshold = KEYPOINT_SCORE_THRESHOLD if flavour == "sdpose" else 0.0  # SDPose keeps raw low scores
     chosen: list[torch.Tensor | None] = []
     multi_frames: list[int] = []
     for index, frame in enumerate(frames_in):
@@ -331,7 +330,7 @@ def _eye_centres(face: torch.Tensor) -> torch.Tensor:
 
 def _openpose_person(points: torch.Tensor, scale: torch.Tensor) -> dict[str, list[float]]:
     points = points.clone()
-    points[points[:, 2] < POINT_SCORE_THRESHOLD] = 0
+    points[points[:, 2] < KEYPOINT_SCORE_THRESHOLD] = 0
     face = points[FACE.start : FACE.stop]
     person = {_FACE_KEY: _flat(torch.cat([face, _eye_centres(face)]) / scale)}
     for part, index_range in _PART_RANGES_BY_FLAVOUR["openpose"].items():

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .constants import VIDEO_FPS
 from .errors import InputError
 from .files import atomic_write, write_json_atomically
 from .keypoints import (
@@ -26,7 +27,7 @@ from .keypoints import (
 KEYPOINT_FILE_SUFFIXES = (".json", ".npy", ".safetensors")
 
 
-def load_keypoints_file(path: str | os.PathLike[str], width: int = 0, height: int = 0, fps: float = 25.0
+def load_keypoints_file(path: str | os.PathLike[str], width: int = 0, height: int = 0, fps: float = VIDEO_FPS
                         ) -> tuple[PoseSequence, list[str]]:
     """Load a keypoint sequence; returns it with notes on what was assumed.
 

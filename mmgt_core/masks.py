@@ -25,14 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .constants import KEYPOINT_SCORE_THRESHOLD, LATENT_LEVELS, LATENT_STRIDE
 from .errors import InputError
-from .keypoints import FACE, LEFT_HAND, LIPS, POINT_SCORE_THRESHOLD, RIGHT_HAND, PoseSequence
+from .keypoints import FACE, LEFT_HAND, LIPS, RIGHT_HAND, PoseSequence
 
 FACE_BLUR_KERNEL = 31
 LIPS_BLUR_KERNEL = 21
 HANDS_BLUR_KERNEL = 21
-LATENT_LEVELS = 4
-LATENT_STRIDE = 8
 
 
 def _probe_cv_max_channels() -> int:
@@ -81,7 +80,7 @@ def region_boxes(keypoints: torch.Tensor, indices: range) -> torch.Tensor:
     points = keypoints[:, indices.start : indices.stop].float()
     xs = torch.trunc(points[..., 0]).long()
     ys = torch.trunc(points[..., 1]).long()
-    counted = (points[..., 2] >= POINT_SCORE_THRESHOLD) & (xs > 0) & (ys > 0)
+    counted = (points[..., 2] >= KEYPOINT_SCORE_THRESHOLD) & (xs > 0) & (ys > 0)
     big = torch.iinfo(torch.long).max
     x0 = torch.where(counted, xs, big).amin(1)
     y0 = torch.where(counted, ys, big).amin(1)

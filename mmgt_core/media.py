@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .constants import ENCODER_SAMPLE_RATE
 from .errors import InputError, MMGTError
 from .timeline import audio_sample_count
 
@@ -201,7 +202,7 @@ class Mp4Writer:
     AUDIO_CHUNK = 1024 * 16
 
     def __init__(self, path: str | os.PathLike[str], fps: float, audio: Optional[torch.Tensor] = None,
-                 sample_rate: int = 16000) -> None:
+                 sample_rate: int = ENCODER_SAMPLE_RATE) -> None:
         if not fps > 0 or not np.isfinite(fps):
             raise InputError("fps", f"the frame rate must be a positive number (got {fps}).")
         self.target = check_output_path(path)
@@ -334,7 +335,8 @@ class Mp4Writer:
 
 
 def write_mp4(path: str | os.PathLike[str], frames: torch.Tensor, fps: float,
-              audio: torch.Tensor | None = None, sample_rate: int = 16000, chunk_frames: int = 16) -> Path:
+              audio: torch.Tensor | None = None, sample_rate: int = ENCODER_SAMPLE_RATE,
+              chunk_frames: int = 16) -> Path:
     """Write (T, H, W, 3) frames in [0, 1] as H.264 mp4 with optional AAC audio (channels, samples), in sync and
     atomically (see :class:`Mp4Writer`); the audio is cut or padded to the video's duration."""
     with Mp4Writer(path, fps, audio, sample_rate) as writer:

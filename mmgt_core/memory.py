@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 
+from .constants import ENCODER_SAMPLE_RATE, LATENT_STRIDE, VIDEO_FPS
+
 MIB = 2**20
 CALIBRATION_DTYPE = torch.bfloat16
 
@@ -59,7 +61,7 @@ def _element_size(dtype: torch.dtype) -> int:
 
 def latent_pixels(width: int, height: int) -> int:
     """Pixels of one SD latent frame (1/8 of each side)."""
-    return (width // 8) * (height // 8)
+    return (width // LATENT_STRIDE) * (height // LATENT_STRIDE)
 
 
 def stage2_window_bytes(width: int, height: int, window_frames: int, cfg_batch: int, dtype: torch.dtype) -> int:
@@ -149,7 +151,7 @@ def _measure_vae(width: int, height: int, chunks: Sequence[int], dtype: torch.dt
     vae = random_vae(False, dtype)
     rows = []
     for chunk in chunks:
-        latents = torch.randn(chunk, 4, height // 8, width // 8)
+        latents = torch.randn(chunk, 4, height // LATENT_STRIDE, width // LATENT_STRIDE)
         _return_freed_memory()
         with PeakRSS() as peak:
             decode_latents(vae, latents, chunk_frames=chunk)
@@ -173,7 +175,8 @@ def _measure_smga(batches: Sequence[int], dtype: torch.dtype) -> list[dict]:
             generate_pose_sequence(model, features, reference, generator, steps=1, best_of=best_of,
                                    window=model.config.seq_len)
         batch = 2 * best_of
-        rows.append({"what": "smga_window", "size": "80 frames", "frames": model.config.seq_len, "cfg_batch": batch,
+        window = model.config.seq_len
+        rows.append({"what": "smga_window", "size": f"{window} frames", "frames": window, "cfg_batch": batch,
                      "measured_mib": peak.increase_mib, "estimated_mib": smga_window_bytes(batch, dtype) / MIB})
     return rows
 
@@ -184,11 +187,11 @@ def _measure_wav2vec2(seconds: float) -> list[dict]:
     from mmgt_core.video.bench import PeakRSS
 
     model = random_wav2vec(False)
-    wave = torch.sin(torch.arange(int(seconds * 16000)) * 0.05) * 0.3
+    wave = torch.sin(torch.arange(int(seconds * ENCODER_SAMPLE_RATE)) * 0.05) * 0.3
     _return_freed_memory()
     with PeakRSS() as peak:
-        wav2vec2_features(model, wave, 16000)
-    return [{"what": "wav2vec2", "size": f"{seconds:.0f} s", "frames": round(seconds * 25),
+        wav2vec2_features(model, wave, ENCODER_SAMPLE_RATE)
+    return [{"what": "wav2vec2", "size": f"{seconds:.0f} s", "frames": round(seconds * VIDEO_FPS),
              "measured_mib": peak.increase_mib, "estimated_mib": ENCODER_WORKING_BYTES / MIB}]
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .constants import ENCODER_SAMPLE_RATE
 from .motion_controls import SilenceGate, gate_lips, lip_opening, speech_weights
 
-RATE = 16000
 SEGMENTS = ((1.2, True), (1.0, False), (1.2, True), (0.8, False), (1.0, True))  # (seconds, speaking)
 
 
@@ -26,10 +26,10 @@ def speech_with_pauses(seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
     generator = np.random.default_rng(seed)
     parts, truth = [], []
     for seconds, speaking in SEGMENTS:
-        t = np.arange(int(seconds * RATE)) / RATE
+        t = np.arange(int(seconds * ENCODER_SAMPLE_RATE)) / ENCODER_SAMPLE_RATE
         if speaking:
             pitch = 120 + 20 * np.sin(2 * np.pi * 0.7 * t)
-            voice = sum(np.sin(2 * np.pi * k * np.cumsum(pitch) / RATE) / k for k in range(1, 8))
+            voice = sum(np.sin(2 * np.pi * k * np.cumsum(pitch) / ENCODER_SAMPLE_RATE) / k for k in range(1, 8))
             syllables = 0.5 + 0.5 * np.abs(np.sin(2 * np.pi * 2.0 * t))
             parts.append(0.2 * voice * syllables)
         else:
@@ -66,16 +66,17 @@ def main(argv: list[str] | None = None) -> None:
         if args.wav:
             import librosa
 
-            samples, _ = librosa.load(args.wav, sr=RATE, mono=True)
+            samples, _ = librosa.load(args.wav, sr=ENCODER_SAMPLE_RATE, mono=True)
             wave = torch.from_numpy(samples)
         else:
             wave, _ = speech_with_pauses()
-        features = stage1_features(wave, RATE, load_wavlm(wavlm_path))
+        features = stage1_features(wave, ENCODER_SAMPLE_RATE, load_wavlm(wavlm_path))
         smga = load_smga(smga_path)
         sequence = pose_from_features(smga, features, synthetic_reference_pose(512, 512), seed=0, steps=args.steps)
     gate = SilenceGate(args.threshold_db, args.hang)
-    gated, weights = gate_lips(sequence, wave, RATE, gate)
-    silent = speech_weights(wave, RATE, sequence.fps, sequence.num_frames, SilenceGate(args.threshold_db, 0.0, 0.0))
+    gated, weights = gate_lips(sequence, wave, ENCODER_SAMPLE_RATE, gate)
+    silent = speech_weights(wave, ENCODER_SAMPLE_RATE, sequence.fps, sequence.num_frames,
+                            SilenceGate(args.threshold_db, 0.0, 0.0))
     pause, speech = silent < 0.5, silent >= 0.5
     before, after = lip_opening(sequence.keypoints.float()).numpy(), lip_opening(gated.keypoints.float()).numpy()
     print(f"frames {sequence.num_frames} at {sequence.fps:g} fps; pause frames {int(pause.sum())}, speech frames "

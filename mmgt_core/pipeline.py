@@ -7,13 +7,12 @@ from typing import Any, Optional
 
 import torch
 
+from .constants import SMGA_WINDOW_FRAMES, VIDEO_FPS
 from .errors import InputError
 from .keypoints import PoseSequence, from_official_feature, mask_leg_normalized, to_official_feature
 from .types import OptionalCancel, OptionalProgress
 from .video.sampler import VideoConditioning, build_conditioning, sample_latents, window_predictions
 from .video.settings import VideoSettings
-
-VIDEO_FPS = 25.0
 
 
 def pose_from_features(smga: torch.nn.Module, features: torch.Tensor, reference_pose: PoseSequence, seed: int,
@@ -31,7 +30,7 @@ def pose_from_features(smga: torch.nn.Module, features: torch.Tensor, reference_
     return from_official_feature(poses, reference_pose.width, reference_pose.height, VIDEO_FPS)
 
 
-def smga_total_steps(frames: int, steps: int, overlap: int, window: int = 80) -> int:
+def smga_total_steps(frames: int, steps: int, overlap: int, window: int = SMGA_WINDOW_FRAMES) -> int:
     """Diffusion steps over all windows (for progress bars)."""
     from .smga.generate import total_diffusion_steps
 

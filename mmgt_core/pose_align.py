@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .constants import KEYPOINT_SCORE_THRESHOLD
 from .errors import InputError
-from .keypoints import BODY, FACE, HANDS, POINT_SCORE_THRESHOLD, PoseSequence
+from .keypoints import BODY, FACE, HANDS, PoseSequence
 
 NECK, NOSE, R_SHOULDER, L_SHOULDER = 1, 0, 2, 5
 
@@ -30,7 +31,7 @@ class Alignment:
 
 
 def _visible(points: torch.Tensor, index: int) -> bool:
-    return bool(points[index, 2] >= POINT_SCORE_THRESHOLD)
+    return bool(points[index, 2] >= KEYPOINT_SCORE_THRESHOLD)
 
 
 def _body_size(points: torch.Tensor) -> tuple[float, str] | None:
@@ -40,7 +41,7 @@ def _body_size(points: torch.Tensor) -> tuple[float, str] | None:
     if _visible(points, NECK) and _visible(points, NOSE):
         return float((points[NECK, :2] - points[NOSE, :2]).norm()), "neck-nose"
     face = points[FACE.start : FACE.stop]
-    face = face[face[:, 2] >= POINT_SCORE_THRESHOLD]
+    face = face[face[:, 2] >= KEYPOINT_SCORE_THRESHOLD]
     if face.shape[0] >= 2:
         return float((face[:, :2].max(0).values - face[:, :2].min(0).values).norm()), "face"
     return None
@@ -60,7 +61,7 @@ def _anchor(points: torch.Tensor) -> tuple[float, float] | None:
 
 def _median_frame(keypoints: torch.Tensor) -> torch.Tensor:
     """Per-point median over the frames where the point is visible (score = share of frames it was seen)."""
-    visible = keypoints[..., 2] >= POINT_SCORE_THRESHOLD
+    visible = keypoints[..., 2] >= KEYPOINT_SCORE_THRESHOLD
     xy = torch.where(visible[..., None], keypoints[..., :2], torch.nan).nanmedian(dim=0).values
     seen = visible.float().mean(0)
     return torch.cat([torch.nan_to_num(xy), torch.where(seen > 0, torch.ones_like(seen), seen)[:, None]], dim=1)
@@ -93,7 +94,7 @@ def _measure(points: torch.Tensor, rule: str) -> float:
     if rule == "neck-nose":
         return float((points[NECK, :2] - points[NOSE, :2]).norm())
     face = points[FACE.start : FACE.stop]
-    face = face[face[:, 2] >= POINT_SCORE_THRESHOLD]
+    face = face[face[:, 2] >= KEYPOINT_SCORE_THRESHOLD]
     return float((face[:, :2].max(0).values - face[:, :2].min(0).values).norm()) if face.shape[0] >= 2 else 0.0
 
 

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from .constants import VIDEO_FPS
 from .errors import InputError
 from .keypoints import FACE, LEFT_HAND, LIPS, RIGHT_HAND, PoseSequence
 from .render import BODY_COLORS, FACE_COLOR, HAND_EDGE_COLORS, HAND_EDGES, HAND_JOINT_COLOR, _pen_sizes
@@ -355,7 +356,7 @@ def recover_keypoints(frame: np.ndarray, frame_index: int = 0, input_name: str =
     return out
 
 
-def recover_pose_sequence(frames: torch.Tensor | np.ndarray, fps: float = 25.0, progress: OptionalProgress = None,
+def recover_pose_sequence(frames: torch.Tensor | np.ndarray, fps: float = VIDEO_FPS, progress: OptionalProgress = None,
                           check_cancel: OptionalCancel = None) -> PoseSequence:
     """Keypoints for every frame of a (T, H, W, 3) uint8 pose video."""
     array = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)

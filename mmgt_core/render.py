@@ -17,11 +17,10 @@ import cv2
 import numpy as np
 import torch
 
+from .constants import KEYPOINT_SCORE_THRESHOLD
 from .keypoints import (
-    BODY_SCORE_THRESHOLD,
     FACE,
     LEFT_HAND,
-    POINT_SCORE_THRESHOLD,
     RIGHT_HAND,
     PoseSequence,
     mask_leg_pixels,
@@ -64,7 +63,7 @@ def _pen_sizes(width: int, height: int) -> dict[str, int]:
 
 
 def _draw_body(canvas: np.ndarray, points: np.ndarray, pens: dict[str, int]) -> np.ndarray:
-    visible = points[:18, 2] > BODY_SCORE_THRESHOLD
+    visible = points[:18, 2] > KEYPOINT_SCORE_THRESHOLD
     for limb_index, (a, b) in enumerate(LIMB_SEQUENCE):
         a, b = a - 1, b - 1
         if not (visible[a] and visible[b]):
@@ -89,7 +88,7 @@ def _draw_body(canvas: np.ndarray, points: np.ndarray, pens: dict[str, int]) -> 
 def _point_pixels(points: np.ndarray) -> np.ndarray:
     """Truncated pixel coordinates of face/hand points; points with score < 0.3 become (−1, −1) → skipped."""
     pixels = np.trunc(points[:, :2]).astype(np.int64)
-    pixels[points[:, 2] < POINT_SCORE_THRESHOLD] = -1
+    pixels[points[:, 2] < KEYPOINT_SCORE_THRESHOLD] = -1
     return pixels
 
 

@@ -43,12 +43,13 @@ def end_to_end() -> str:
     from scipy.io import wavfile
 
     from .cli_generate import build_parser, run
+    from .constants import ENCODER_SAMPLE_RATE
     from .tiny_models import synthetic_speech, write_tiny_model_set
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         models = write_tiny_model_set(root / "models")
-        wavfile.write(root / "speech.wav", 16000, synthetic_speech(2.0))
+        wavfile.write(root / "speech.wav", ENCODER_SAMPLE_RATE, synthetic_speech(2.0))
         Image.fromarray((np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)).save(root / "me.png")
         args = build_parser().parse_args([
             "--image", str(root / "me.png"), "--audio", str(root / "speech.wav"), "--models", str(models),

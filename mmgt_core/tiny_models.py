@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .constants import ENCODER_SAMPLE_RATE
 from .keypoints import PoseSequence
 from .keypoints_io import save_keypoints_file
 from .weights import save_weights
@@ -178,7 +179,7 @@ def write_tiny_video_net(path: Path) -> None:
 # Synthetic inputs
 
 
-def synthetic_speech(seconds: float, rate: int = 16000) -> np.ndarray:
+def synthetic_speech(seconds: float, rate: int = ENCODER_SAMPLE_RATE) -> np.ndarray:
     """Speech-like float32 samples: a 140 Hz voiced tone with a 4 Hz syllable envelope and a little noise."""
     t = np.arange(int(round(seconds * rate)), dtype=np.float32) / rate
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t)

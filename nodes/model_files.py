@@ -59,7 +59,7 @@ def validate_number(node_class: type, name: str, value: Any, multiple_of: int = 
     if multiple_of > 1 and value % multiple_of:
         lower = max(multiple_of, value - value % multiple_of)
         return (f"{name} {value} is not a multiple of {multiple_of}; use {lower} or {lower + multiple_of} "
-                "(the video net works on multiples of 64 pixels).")
+                f"(the video net works on multiples of {multiple_of} pixels).")
     return True
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from mmgt_core.constants import VIDEO_FPS
 from mmgt_core.keypoints import POSE_KEYPOINT_FLAVOURS, PoseSequence, from_pose_keypoint, to_pose_keypoint
 from mmgt_core.keypoints_io import KEYPOINT_FILE_SUFFIXES, load_keypoints_file
 from mmgt_core.masks import motion_masks
@@ -75,8 +76,8 @@ class PoseKeypointToMMGT(KeypointsWithNotes):
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "OpenPose-style keypoints, one entry per frame."}),
-            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
-                              "tooltip": "Frame rate of the pose frames (MMGT works at 25 fps)."}),
+            "fps": ("FLOAT", {"default": float(VIDEO_FPS), "min": 1.0, "max": 120.0, "step": 0.01,
+                              "tooltip": f"Frame rate of the pose frames (MMGT works at {VIDEO_FPS} fps)."}),
         }, "optional": {
             "width": ("INT", {"default": 0, "min": 0, "max": 8192, "tooltip": "Canvas width in px; 0 takes "
                                                                               "canvas_width from the data."}),
@@ -133,8 +134,8 @@ class LoadKeypoints(KeypointsWithNotes):
                                                                                 "do not store it."}),
             "height": ("INT", {"default": 512, "min": 0, "max": 8192, "tooltip": "Canvas height in px for files "
                                                                                  "that do not store it."}),
-            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
-                              "tooltip": "Frame rate of the keypoints (MMGT works at 25 fps)."}),
+            "fps": ("FLOAT", {"default": float(VIDEO_FPS), "min": 1.0, "max": 120.0, "step": 0.01,
+                              "tooltip": f"Frame rate of the keypoints (MMGT works at {VIDEO_FPS} fps)."}),
         }}
 
     def load(self, file: str, width: int, height: int, fps: float) -> tuple[Any, str]:

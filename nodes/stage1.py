@@ -11,8 +11,9 @@ import torch
 
 from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.stage1 import stage1_features
-from mmgt_core.audio.waveform import VIDEO_FPS, duration_seconds
+from mmgt_core.audio.waveform import duration_seconds
 from mmgt_core.audio.wavlm import WavLMEncoder, load_wavlm
+from mmgt_core.constants import SMGA_WINDOW_FRAMES, VIDEO_FPS
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.memory import ENCODER_WORKING_BYTES, smga_window_bytes
 from mmgt_core.pipeline import pose_from_features, smga_total_steps
@@ -218,9 +219,9 @@ class AudioToPose:
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "DDIM steps (official: 50)."}),
             "guidance": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 20.0, "step": 0.1,
                                    "tooltip": "Classifier-free guidance weight (official: 2)."}),
-            "overlap": ("INT", {"default": 8, "min": 1, "max": 40, "tooltip": "Frames each 80-frame window shares "
-                                                                             "with the previous one (seam-free "
-                                                                             "continuation)."}),
+            "overlap": ("INT", {"default": 8, "min": 1, "max": SMGA_WINDOW_FRAMES // 2,
+                                "tooltip": f"Frames each {SMGA_WINDOW_FRAMES}-frame window shares with the previous "
+                                           "one (seam-free continuation)."}),
             "best_of": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": "Draw N continuations per window and "
                                                                             "keep the smoothest (slower)."}),
             "smoothing": (["none", "official"], {"default": "none", "tooltip": "official: the cubic-spline "

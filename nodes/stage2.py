@@ -12,6 +12,13 @@ import torch
 
 from mmgt_core.audio.notices import audio_notices
 from mmgt_core.audio.wav2vec import load_wav2vec2, wav2vec2_features
+from mmgt_core.constants import (
+    ENCODER_SAMPLE_RATE,
+    LATENT_STRIDE,
+    MOTION_MODULE_MAX_FRAMES,
+    SIZE_MULTIPLE,
+    VIDEO_FPS,
+)
 from mmgt_core.errors import InputError
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.memory import (
@@ -22,7 +29,7 @@ from mmgt_core.memory import (
     stage2_window_bytes,
     vae_decode_bytes,
 )
-from mmgt_core.pipeline import VIDEO_FPS, VideoInputs, VideoPipeline
+from mmgt_core.pipeline import VideoInputs, VideoPipeline
 from mmgt_core.pretrained import load_vae
 from mmgt_core.timeline import trim_audio
 from mmgt_core.video.conditioning import MASK_MODES, clip_image_embeds, load_clip_image_encoder
@@ -43,7 +50,7 @@ IMAGE_ENCODER_TYPE = "MMGT_IMAGE_ENCODER"
 WAV2VEC_TYPE = "MMGT_WAV2VEC2"
 STAGE2_AUDIO_TYPE = "MMGT_STAGE2_AUDIO"
 LATENTS_TYPE = "MMGT_LATENTS"
-SILENT_AUDIO_RATE = 16000  # the sample rate of the silent track a pose-only video gets
+SILENT_AUDIO_RATE = ENCODER_SAMPLE_RATE  # the sample rate of the silent track a pose-only video gets
 SAMPLE_NODE = "MMGT Sample Video"
 
 
@@ -252,7 +259,7 @@ class SampleVideo:
                    "DPM-Solver++ 2M / UniPC in fewer steps). Give it the keypoints: each context window's pose "
                    "frames and masks are drawn from them at the output size when needed, so any length fits in "
                    "bounded memory. A pose video (IMAGE) and hand-painted masks (MASK) are optional overrides. Any "
-                   "size whose sides are multiples of 64.")
+                   f"size whose sides are multiples of {SIZE_MULTIPLE}.")
     CATEGORY = "MMGT/sampling"
     FUNCTION = "sample"
     RETURN_TYPES = (LATENTS_TYPE, "LATENT")
@@ -267,10 +274,10 @@ class SampleVideo:
         return {"required": {
             "video_net": (VIDEO_NET_TYPE, {"tooltip": "From MMGT Load Video Net."}),
             "reference_image": ("IMAGE", {"tooltip": "The person to animate (cover-resized to the output size)."}),
-            "width": ("INT", {"default": RELEASED.width, "min": 64, "max": 2048, "step": 64,
-                              "tooltip": "Output width, a multiple of 64."}),
-            "height": ("INT", {"default": RELEASED.height, "min": 64, "max": 2048, "step": 64,
-                               "tooltip": "Output height, a multiple of 64."}),
+            "width": ("INT", {"default": RELEASED.width, "min": SIZE_MULTIPLE, "max": 2048, "step": SIZE_MULTIPLE,
+                              "tooltip": f"Output width, a multiple of {SIZE_MULTIPLE}."}),
+            "height": ("INT", {"default": RELEASED.height, "min": SIZE_MULTIPLE, "max": 2048, "step": SIZE_MULTIPLE,
+                               "tooltip": f"Output height, a multiple of {SIZE_MULTIPLE}."}),
             "seed": ("INT", {"default": RELEASED.seed, "min": 0, "max": 2**63 - 1, "tooltip": "Noise seed."}),
             "steps": ("INT", {"default": RELEASED.steps, "min": 1, "max": 200,
                               "tooltip": f"Sampler steps (official: {RELEASED.steps} DDIM steps)."}),
@@ -285,7 +292,7 @@ class SampleVideo:
                                                  "effectively uses 1, 1, 2)."}),
             "mask_mode": (list(MASK_MODES), {"default": RELEASED.mask_mode, "tooltip": "released: full = 1 + lips "
                                              "(the released script); paper: background mask; training: hands mask."}),
-            "context_frames": ("INT", {"default": RELEASED.context_frames, "min": 4, "max": 32,
+            "context_frames": ("INT", {"default": RELEASED.context_frames, "min": 4, "max": MOTION_MODULE_MAX_FRAMES,
                                        "tooltip": "Frames per context window."}),
             "context_overlap": ("INT", {"default": RELEASED.context_overlap, "min": 0, "max": 16,
                                         "tooltip": "Frames shared by neighbouring windows (blended)."}),
@@ -314,8 +321,8 @@ class SampleVideo:
 
     @classmethod
     def VALIDATE_INPUTS(cls, width: int | None = None, height: int | None = None) -> bool | str:
-        return all_problems(validate_number(cls, "width", width, multiple_of=64),
-                             validate_number(cls, "height", height, multiple_of=64))
+        return all_problems(validate_number(cls, "width", width, multiple_of=SIZE_MULTIPLE),
+                             validate_number(cls, "height", height, multiple_of=SIZE_MULTIPLE))
 
     def sample(self, video_net: LoadedVideoNet, reference_image: torch.Tensor, **inputs: Any
                ) -> tuple[VideoLatents, dict[str, Any]]:
@@ -328,7 +335,7 @@ class SampleVideo:
             pipeline = VideoPipeline(video_net.net, _pick_vae(options.vae, options.mmgt_vae, SAMPLE_NODE))
             latents = _render_latents(pipeline, video_net, options, video_inputs, settings)
         audio = options.audio_features.audio if options.audio_features is not None else None
-        return VideoLatents(latents, VIDEO_FPS, audio), core_latent(latents)
+        return VideoLatents(latents, float(VIDEO_FPS), audio), core_latent(latents)
 
 
 def video_settings(cfg: float = RELEASED.guidance_scale, full_weight: float = RELEASED.branch_weights[0],
@@ -422,7 +429,7 @@ class DecodeVideo:
 
 def _check_decode_fits(latents: torch.Tensor) -> None:
     """Warn before a large whole-video IMAGE decode, and refuse one that cannot fit in the memory left."""
-    frames, height, width = latents.shape[2], latents.shape[3] * 8, latents.shape[4] * 8
+    frames, height, width = latents.shape[2], latents.shape[3] * LATENT_STRIDE, latents.shape[4] * LATENT_STRIDE
     needed = decoded_frames_bytes(frames, width, height)
     if needed < LARGE_DECODE_BYTES:
         return
@@ -446,7 +453,7 @@ def vae_for_decoding(latents: VideoLatents, chunk_frames: int, mmgt_vae: Optiona
     if mmgt_vae is None:
         yield decoder, chunk_frames
         return
-    height, width = (side * 8 for side in latents.latents.shape[-2:])
+    height, width = (side * LATENT_STRIDE for side in latents.latents.shape[-2:])
     with host.compute_with([mmgt_vae], stage=node, workload=f"{chunk_frames} frames at {width}x{height}",
                            lower="chunk_frames",
                            memory_required=vae_decode_bytes(width, height, chunk_frames, mmgt_vae.dtype)):

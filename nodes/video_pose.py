@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmgt_core.constants import VIDEO_FPS
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.pose_detect.track import DEFAULT_MAX_GAP
 
@@ -38,7 +39,7 @@ class DetectKeypoints(KeypointsWithNotes):
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "images": ("IMAGE", {"tooltip": "The frames of a video of a person, e.g. from Get Video Components."}),
-            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+            "fps": ("FLOAT", {"default": float(VIDEO_FPS), "min": 1.0, "max": 240.0, "step": 0.001,
                               "tooltip": "Frame rate of the video (connect Get Video Components' fps)."}),
             "detector": (choices("dwpose_det"), {"tooltip": "DWPose person detector (yolox_l.onnx)."}),
             "pose_model": (choices("dwpose_pose"), {"tooltip": "DWPose whole-body model (dw-ll_ucoco_384.onnx)."}),
@@ -84,7 +85,7 @@ class KeypointsFromPoseVideo:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "pose_frames": ("IMAGE", {"tooltip": "The pose video's frames (e.g. Get Video Components → images)."}),
-            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+            "fps": ("FLOAT", {"default": float(VIDEO_FPS), "min": 1.0, "max": 240.0, "step": 0.001,
                               "tooltip": "Frame rate of the pose video."}),
         }}
 

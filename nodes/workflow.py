@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from mmgt_core.constants import VIDEO_FPS
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.keypoints_io import save_sequence
 from mmgt_core.pose_align import SOURCES, align_to_reference, blend_keypoints
@@ -14,8 +15,8 @@ from mmgt_core.timeline import match_length, resample_frames, resample_keypoints
 from . import host
 from .common import KEYPOINTS_INPUT, KEYPOINTS_TYPE, KeypointsWithNotes, node_errors
 
-FPS_OUT_INPUT = ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
-                           "tooltip": "Wanted frame rate (MMGT works at 25)."})
+FPS_OUT_INPUT = ("FLOAT", {"default": float(VIDEO_FPS), "min": 1.0, "max": 240.0, "step": 0.001,
+                           "tooltip": f"Wanted frame rate (MMGT works at {VIDEO_FPS})."})
 FRAME_COUNT_INPUT = ("INT", {"default": 0, "min": 0, "max": 1_000_000,
                              "tooltip": "0 keeps the duration; otherwise trim or pad to exactly this many frames "
                                         "(e.g. the audio's frame count)."})

@@ -19,8 +19,11 @@ def model() -> GestureDecoder:
     return random_smga(TINY_TEST_CONFIG, seed=1001)
 
 
+FEATURE_DIM = TINY_TEST_CONFIG.cond_feature_dim
+
+
 def features(frames: int, seed: int = 0) -> torch.Tensor:
-    return 0.5 * torch.randn(frames, 1059, generator=torch.Generator().manual_seed(seed))
+    return 0.5 * torch.randn(frames, FEATURE_DIM, generator=torch.Generator().manual_seed(seed))
 
 
 REFERENCE = -0.3 + 0.1 * torch.randn(402, generator=torch.Generator().manual_seed(7))
@@ -116,10 +119,10 @@ def test_ten_minutes_of_audio_runs_window_by_window(model: GestureDecoder) -> No
     "bad_features, reference, name",
     [
         (torch.zeros(80, 1024), REFERENCE, "audio_features"),
-        (torch.full((80, 1059), float("nan")), REFERENCE, "audio_features"),
-        (torch.zeros(0, 1059), REFERENCE, "audio_features"),
-        (torch.zeros(80, 1059), torch.full((402,), float("nan")), "reference_pose"),
-        (torch.zeros(80, 1059), torch.zeros(134, 2), "reference_pose"),
+        (torch.full((80, FEATURE_DIM), float("nan")), REFERENCE, "audio_features"),
+        (torch.zeros(0, FEATURE_DIM), REFERENCE, "audio_features"),
+        (torch.zeros(80, FEATURE_DIM), torch.full((402,), float("nan")), "reference_pose"),
+        (torch.zeros(80, FEATURE_DIM), torch.zeros(134, 2), "reference_pose"),
     ],
 )
 def test_bad_input_raises_input_error(model: GestureDecoder, bad_features, reference, name: str) -> None:

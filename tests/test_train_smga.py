@@ -15,14 +15,15 @@ import pytest
 import torch
 from scipy.io import wavfile
 
+from mmgt_core.constants import ENCODER_SAMPLE_RATE, VIDEO_FPS
 from mmgt_core.errors import InputError
 from mmgt_core.smga.generate import generate_pose_sequence
 from mmgt_core.smga.model import SMGAConfig, load_smga
 from training.smga_data import Clip, SMGAWindowDataset, build_dataset, clip_windows, read_wav, window_starts
 from training.train_smga import STATE_FILE, TrainConfig, train_smga
 
-RATE = 16000
-HOP = RATE // 25
+RATE = ENCODER_SAMPLE_RATE
+HOP = RATE // VIDEO_FPS
 RIGHT_HAND_Y = torch.tensor([3 * k + 1 for k in range(113, 134)])
 BASE_POSE = -0.3 + 0.05 * torch.randn(402, generator=torch.Generator().manual_seed(11))
 
@@ -44,10 +45,10 @@ def noise_bursts(level: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 def band_energy_features(wave: torch.Tensor, rate: int) -> torch.Tensor:
     """35 log band energies per 25 fps frame: a cheap stand-in for the Stage-I features."""
-    spectrum = torch.stft(wave, n_fft=1024, hop_length=rate // 25, window=torch.hann_window(1024),
+    spectrum = torch.stft(wave, n_fft=1024, hop_length=rate // VIDEO_FPS, window=torch.hann_window(1024),
                           return_complex=True).abs() ** 2
     bands = torch.stack([band.sum(0) for band in spectrum.chunk(35, dim=0)], dim=1)
-    frames = math.ceil(wave.shape[0] / rate * 25)
+    frames = math.ceil(wave.shape[0] / rate * VIDEO_FPS)
     return (torch.log(bands + 1e-6)[:frames] - 3.0) / 3.0
 
 
@@ -60,7 +61,7 @@ def hand_follows(level: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 def write_clip(folder: Path, name: str, seconds: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    level = loudness_track(int(seconds * 25), generator)
+    level = loudness_track(int(seconds * VIDEO_FPS), generator)
     wave = noise_bursts(level, generator)
     wavfile.write(folder / f"{name}.wav", RATE, (wave.numpy() * 32767).astype(np.int16))
     np.save(folder / f"{name}.npy", hand_follows(level, generator).numpy())

@@ -19,6 +19,7 @@ from workflow_assets import (
     PERSON_VIDEO_FPS,
     PERSON_VIDEO_SIZE,
     PERSON_VIDEO_SPEECH_FRAMES,
+    SPEECH_FRAMES,
     SPEECH_SECONDS,
     UI_WORKFLOWS_DIR,
     expected_standin_pose,
@@ -34,7 +35,6 @@ except ImportError:
     onnx = None
 
 WORKFLOWS = ui_workflow_names()
-SPEECH_FRAMES = round(SPEECH_SECONDS * 25)
 FILE_WIDGETS = ("image", "audio", "file", "checkpoint", "model", "folder", "detector", "pose_model")
 
 

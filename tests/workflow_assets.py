@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from mmgt_core.constants import VIDEO_FPS
 from mmgt_core.keypoints import PoseSequence, to_pose_keypoint
 from mmgt_core.media import write_mp4
 from mmgt_core.pose_detect import dwpose as dw
@@ -52,7 +53,7 @@ PERSON_VIDEO_SPEECH_FRAMES = 41  # its AAC track decodes up to one AAC frame pas
 
 
 # What each workflow's SaveVideo nodes write with these inputs: (filename prefix, frames, seconds of audio or None).
-SPEECH_FRAMES = round(SPEECH_SECONDS * 25)
+SPEECH_FRAMES = round(SPEECH_SECONDS * VIDEO_FPS)
 EXPECTED_VIDEOS: dict[str, list[tuple[str, int, float | None]]] = {
     "mmgt_audio_to_video": [("mmgt/audio_to_video", SPEECH_FRAMES, SPEECH_SECONDS)],
     "mmgt_pose_to_video": [("mmgt/pose_to_video", SPEECH_FRAMES, SPEECH_SECONDS)],
@@ -60,7 +61,8 @@ EXPECTED_VIDEOS: dict[str, list[tuple[str, int, float | None]]] = {
     "mmgt_audio_to_pose_preview": [("mmgt/pose_preview", SPEECH_FRAMES, SPEECH_SECONDS),
                                    ("mmgt/pose_preview_face_hands_mask", SPEECH_FRAMES, None),
                                    ("mmgt/pose_preview_lips_mask", SPEECH_FRAMES, None)],
-    "mmgt_video_to_video": [("mmgt/video_to_video", PERSON_VIDEO_SPEECH_FRAMES, PERSON_VIDEO_SPEECH_FRAMES / 25)],
+    "mmgt_video_to_video": [("mmgt/video_to_video", PERSON_VIDEO_SPEECH_FRAMES,
+                             PERSON_VIDEO_SPEECH_FRAMES / VIDEO_FPS)],
 }
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from mmgt_core.constants import SMGA_WINDOW_FRAMES, VIDEO_FPS
 from mmgt_core.errors import InputError
 
 T = TypeVar("T")
@@ -30,7 +31,7 @@ class PrepareConfig:
     out_dir: str
     width: int = 512  # official training and inference size
     height: int = 512
-    fps: int = 25  # every MMGT feature runs at 25 fps
+    fps: int = VIDEO_FPS  # every MMGT feature runs at 25 fps
     frame_codec: str = "jpeg"  # "jpeg" (quality below) or "png" (lossless, ~5x larger)
     jpeg_quality: int = 95
     pose_backend: str = "dwpose"  # "dwpose", "mediapipe", "sidecar" or "python:module:factory"
@@ -44,7 +45,7 @@ class PrepareConfig:
     min_person_fraction: float = 0.5  # skip videos where fewer frames show a person
     vfr: str = "skip"  # variable-frame-rate videos: "skip" (with a reason) or "resample" by timestamps
     vfr_tolerance: float = 0.5  # a video is VFR when its frame intervals spread by more than this x median
-    stage1_window: int = 80  # SMGA window (spec 1.4)
+    stage1_window: int = SMGA_WINDOW_FRAMES  # SMGA window (spec 1.4)
     stage1_stride: int = 12  # window step, about 0.5 s (paper: 0.5 s step; official slice.py: 0.4 s)
     workers: int = 1  # processes; each loads its own pose and audio models
     extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")

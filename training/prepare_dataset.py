@@ -49,6 +49,7 @@ from safetensors.torch import save_file
 from scipy.io import wavfile
 
 from mmgt_core.audio.waveform import prepare_audio
+from mmgt_core.constants import ENCODER_SAMPLE_RATE, SIZE_MULTIPLE, VIDEO_FPS
 from mmgt_core.errors import InputError, MMGTError, WeightsError
 from mmgt_core.files import replace_folder, write_json_atomically
 from mmgt_core.keypoints import NUM_KEYPOINTS, PoseSequence, to_official_feature
@@ -74,8 +75,7 @@ from .video_data import (
     stage2_start_range,
 )
 
-AUDIO_RATE = 16000
-SAMPLES_PER_FRAME = AUDIO_RATE // 25  # 640 samples of 16 kHz audio per 25 fps frame
+SAMPLES_PER_FRAME = ENCODER_SAMPLE_RATE // VIDEO_FPS  # 640 samples of 16 kHz audio per 25 fps frame
 RESIZE_RULE = "centre crop to the output aspect ratio, then one LANCZOS resize of the crop box to W x H"
 SUMMARY_NAME = "prepare_summary.json"
 STAGE2_CLIP_FRAMES = 12
@@ -222,7 +222,7 @@ class AudioModels:
         """(frames, layers, hidden) wav2vec2 features of the trimmed clip."""
         from mmgt_core.audio.wav2vec import wav2vec2_features
 
-        features, _ = wav2vec2_features(self.wav2vec, wave16k, AUDIO_RATE)
+        features, _ = wav2vec2_features(self.wav2vec, wave16k, ENCODER_SAMPLE_RATE)
         return fit_length(features, frames)  # the 25 fps rounding may give one more row
 
     def stage1(self, wave16k: torch.Tensor, frames: int) -> Optional[torch.Tensor]:
@@ -232,10 +232,10 @@ class AudioModels:
         if self.kind == "edge":
             from mmgt_core.audio.edge_features import edge_features
 
-            return edge_features(wave16k, AUDIO_RATE, n_frames=frames)
+            return edge_features(wave16k, ENCODER_SAMPLE_RATE, n_frames=frames)
         from mmgt_core.audio.stage1 import stage1_features
 
-        return fit_length(stage1_features(wave16k, AUDIO_RATE, self.wavlm), frames)
+        return fit_length(stage1_features(wave16k, ENCODER_SAMPLE_RATE, self.wavlm), frames)
 
     def dims(self) -> dict[str, int]:
         config = self.wav2vec.config
@@ -482,8 +482,8 @@ class VideoPreparer:
     def _audio(self, video: Path, probe: VideoProbe) -> torch.Tensor:
         """Mono 16 kHz audio whose sample 0 is at the first video frame."""
         waveform, rate = read_audio(video)
-        mono, _ = prepare_audio(waveform, rate, AUDIO_RATE)
-        shift = int(round((probe.audio_start - probe.video_start) * AUDIO_RATE))
+        mono, _ = prepare_audio(waveform, rate, ENCODER_SAMPLE_RATE)
+        shift = int(round((probe.audio_start - probe.video_start) * ENCODER_SAMPLE_RATE))
         if shift > 0:
             return torch.cat([torch.zeros(shift), mono])
         return mono[-shift:]
@@ -495,7 +495,7 @@ class VideoPreparer:
         sequence = PoseSequence(torch.from_numpy(keypoints), self.config.width, self.config.height)
         np.save(stage1 / f"{clip_id}.npy", to_official_feature(sequence).numpy())
         pcm = (wave16k.clamp(-1, 1) * 32767).round().to(torch.int16).numpy()
-        wavfile.write(str(stage1 / f"{clip_id}.wav"), AUDIO_RATE, pcm)
+        wavfile.write(str(stage1 / f"{clip_id}.wav"), ENCODER_SAMPLE_RATE, pcm)
         if features is not None:
             save_file({"features": features.float().contiguous()}, str(stage1 / f"{clip_id}.features.safetensors"))
 
@@ -581,15 +581,15 @@ def prepare_dataset(config: PrepareConfig, pose_backend: Optional[PoseBackend] =
 
 
 def _check_config(config: PrepareConfig) -> None:
-    if config.width % 64 or config.height % 64 or config.width <= 0 or config.height <= 0:
-        raise InputError("width/height", f"{config.width}x{config.height} is not a multiple of 64.",
+    if config.width % SIZE_MULTIPLE or config.height % SIZE_MULTIPLE or config.width <= 0 or config.height <= 0:
+        raise InputError("width/height", f"{config.width}x{config.height} is not a multiple of {SIZE_MULTIPLE}.",
                          "Use e.g. 512x512 (the official size).")
     if config.frame_codec not in FRAME_CODECS:
         raise InputError("frame_codec", f"unknown codec '{config.frame_codec}'.", f"Use one of {FRAME_CODECS}.")
     if config.vfr not in ("skip", "resample"):
         raise InputError("vfr", f"unknown policy '{config.vfr}'.", "Use skip or resample.")
-    if config.fps != 25:
-        raise InputError("fps", f"MMGT runs at 25 fps, got {config.fps}.", "Keep --fps 25.")
+    if config.fps != VIDEO_FPS:
+        raise InputError("fps", f"MMGT runs at {VIDEO_FPS} fps, got {config.fps}.", f"Keep --fps {VIDEO_FPS}.")
 
 
 def _unique_ids(ids: list[str]) -> list[str]:

@@ -27,10 +27,10 @@ from scipy.io import wavfile
 from torch.utils.data import Dataset
 
 from mmgt_core.audio.waveform import to_mono
+from mmgt_core.constants import SMGA_WINDOW_FRAMES, VIDEO_FPS
 from mmgt_core.errors import InputError
 from mmgt_core.keypoints import normalize
 
-WINDOW = 80
 DEFAULT_STRIDE = 12  # ≈ 0.5 s, the paper's slicing step
 FeatureFn = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -77,14 +77,14 @@ class Clip:
     features: torch.Tensor
 
 
-def window_starts(num_keypoints: int, num_features: int, window: int = WINDOW, stride: int = DEFAULT_STRIDE
+def window_starts(num_keypoints: int, num_features: int, window: int = SMGA_WINDOW_FRAMES, stride: int = DEFAULT_STRIDE
                   ) -> list[int]:
     """Audio-window starts s ≥ 1 with keypoints [s−1, s+window−1) and features [s, s+window) inside the clip."""
     last = min(num_keypoints - window + 1, num_features - window)
     return list(range(1, last + 1, stride))
 
 
-def clip_windows(clip: Clip, window: int = WINDOW, stride: int = DEFAULT_STRIDE
+def clip_windows(clip: Clip, window: int = SMGA_WINDOW_FRAMES, stride: int = DEFAULT_STRIDE
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All windows of a clip: x (N, window, 402), cond_frame (N, 402), cond (N, window, D)."""
     starts = window_starts(clip.keypoints.shape[0], clip.features.shape[0], window, stride)
@@ -128,14 +128,14 @@ def load_clip(keypoints_path: Path, audio_path: Path, feature_fn: FeatureFn, cac
 class SMGAWindowDataset(Dataset):
     """All 80-frame windows of a set of clips, held in memory: items are (x, cond_frame, cond)."""
 
-    def __init__(self, clips: list[Clip], window: int = WINDOW, stride: int = DEFAULT_STRIDE) -> None:
+    def __init__(self, clips: list[Clip], window: int = SMGA_WINDOW_FRAMES, stride: int = DEFAULT_STRIDE) -> None:
         parts = [clip_windows(clip, window, stride) for clip in clips]
         self.x = torch.cat([p[0] for p in parts])
         self.cond_frame = torch.cat([p[1] for p in parts])
         self.cond = torch.cat([p[2] for p in parts])
         if self.x.shape[0] == 0:
             raise InputError("data", f"no clip is long enough for one {window}-frame window (+1 condition frame).",
-                             f"Use clips of at least {(window + 1) / 25:.2f} s.")
+                             f"Use clips of at least {(window + 1) / VIDEO_FPS:.2f} s.")
 
     @property
     def feature_dim(self) -> int:
@@ -148,8 +148,8 @@ class SMGAWindowDataset(Dataset):
         return self.x[index], self.cond_frame[index], self.cond[index]
 
 
-def build_dataset(folder: str | Path, feature_fn: FeatureFn, window: int = WINDOW, stride: int = DEFAULT_STRIDE,
-                  cache_dir: Optional[str | Path] = None) -> SMGAWindowDataset:
+def build_dataset(folder: str | Path, feature_fn: FeatureFn, window: int = SMGA_WINDOW_FRAMES,
+                  stride: int = DEFAULT_STRIDE, cache_dir: Optional[str | Path] = None) -> SMGAWindowDataset:
     """Read every NAME.npy + NAME.wav pair of ``folder`` into a window dataset."""
     cache = Path(cache_dir) if cache_dir is not None else None
     clips = [load_clip(kp, wav, feature_fn, cache) for kp, wav in find_pairs(Path(folder))]

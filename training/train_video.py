@@ -44,6 +44,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mmgt_core.constants import SIZE_MULTIPLE
 from mmgt_core.errors import InputError, MMGTError, WeightsError
 from mmgt_core.files import replace_folder, write_json_atomically
 from mmgt_core.types import OptionalCancel, OptionalProgress
@@ -472,7 +473,7 @@ class VideoTrainer:
         return latents, reference_latents, embeds
 
     def encode_video(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """(B, 3, F, H, W) in [-1, 1] -> latents (B, 4, F, h, w) float32 (VAE sample x 0.18215, official)."""
+        """(B, 3, F, H, W) in [-1, 1] -> latents (B, 4, F, h, w) float32 (VAE sample x its scale, official)."""
         rows, _, frames = pixels.shape[:3]
         flat = pixels.transpose(1, 2).flatten(0, 1)
         latents = encode_images(self.vae, flat, sample_generator=generator).float().to(self.device)
@@ -644,8 +645,8 @@ def checked_manifest(config: TrainVideoConfig) -> Manifest:
 def check_config(config: TrainVideoConfig) -> None:
     """Refuse settings that cannot work, before anything is loaded."""
     data, diffusion = config.data, config.diffusion
-    if data.width % 64 or data.height % 64:
-        raise InputError("data.width/height", f"{data.width}x{data.height} is not a multiple of 64.",
+    if data.width % SIZE_MULTIPLE or data.height % SIZE_MULTIPLE:
+        raise InputError("data.width/height", f"{data.width}x{data.height} is not a multiple of {SIZE_MULTIPLE}.",
                          "Use 256 or 512 (the official sizes).")
     if diffusion.zero_snr and diffusion.prediction_type != "v_prediction":
         raise InputError("diffusion.prediction_type", "zero terminal SNR needs v-prediction.",
@@ -653,9 +654,6 @@ def check_config(config: TrainVideoConfig) -> None:
     if config.optim.mixed_precision not in ("no", "fp16", "bf16"):
         raise InputError("optim.mixed_precision", f"unknown value '{config.optim.mixed_precision}'.",
                          "Use no, fp16 or bf16.")
-    if config.step == 2 and data.clip_frames > 32:
-        raise InputError("data.clip_frames", "the motion modules hold positions for at most 32 frames.",
-                         "Use 12 (official) to 32 frames.")
     if config.checkpoint.export_dtype not in ("fp32", "fp16", "bf16"):
         raise InputError("checkpoint.export_dtype", f"unknown dtype '{config.checkpoint.export_dtype}'.",
                          "Use fp32, fp16 or bf16.")
@@ -665,9 +663,13 @@ def check_config(config: TrainVideoConfig) -> None:
 
 
 def check_dims(config: TrainVideoConfig, net: VideoNetConfig, manifest: Manifest) -> None:
-    """The prepared audio features must fit the AudioProj (layers x hidden)."""
+    """Step 2: the clips must fit the motion modules and the prepared audio features the AudioProj (layers x hidden)."""
     if config.step != 2:
         return
+    max_frames = net.motion.max_frames
+    if config.data.clip_frames > max_frames:
+        raise InputError("data.clip_frames", f"the motion modules hold positions for at most {max_frames} frames.",
+                         f"Use 12 (official) to {max_frames} frames.")
     proj = net.audio_proj
     if (proj.blocks, proj.channels) != (manifest.wav2vec_layers, manifest.wav2vec_hidden):
         raise InputError("manifest", f"the data has wav2vec2 features of {manifest.wav2vec_layers} layers x "

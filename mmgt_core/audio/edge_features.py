@@ -39,12 +39,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mmgt_core.audio.waveform import VIDEO_FPS, WaveformLike, frame_count, resample, to_mono, validate_clip
+from mmgt_core.audio.waveform import WaveformLike, frame_count, resample, to_mono, validate_clip
+from mmgt_core.constants import VIDEO_FPS
 from mmgt_core.timeline import fit_length
 
-EDGE_SAMPLE_RATE = 12800
-"""25 fps x hop 512: one librosa frame per video frame."""
 EDGE_HOP_LENGTH = 512
+EDGE_SAMPLE_RATE = VIDEO_FPS * EDGE_HOP_LENGTH
+"""12,800 Hz: one librosa frame (hop 512) per video frame."""
 TEMPO_SAMPLE_RATE = 22050
 """librosa.load's default rate, used by the official start_bpm fallback."""
 BEAT_TIGHTNESS = 100

@@ -13,10 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .waveform import VIDEO_FPS, frame_count, is_silent
+from ..constants import SMGA_WINDOW_FRAMES, VIDEO_FPS
+from .waveform import frame_count, is_silent
 
-SMGA_WINDOW_FRAMES = 80
-"""Frames in one SMGA window (the released model's ``seq_len``)."""
 SMGA_WINDOW_SECONDS = SMGA_WINDOW_FRAMES / VIDEO_FPS
 SILENCE_DBFS = -50.0
 """A 40 ms frame quieter than this (RMS, dB below full scale) counts as silent."""

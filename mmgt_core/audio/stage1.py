@@ -15,23 +15,29 @@ from typing import TYPE_CHECKING, Optional, Union
 import torch
 
 from mmgt_core.audio.edge_features import EDGE_FEATURE_DIM, edge_features
-from mmgt_core.audio.waveform import ENCODER_SAMPLE_RATE, WaveformLike, frame_count, prepare_audio, to_mono
+from mmgt_core.audio.waveform import WaveformLike, frame_count, prepare_audio, to_mono
 from mmgt_core.audio.wavlm import (
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_CONTEXT_SECONDS,
+    WAVLM_LARGE_HIDDEN_SIZE,
     WavLMEncoder,
     encoder_from_model,
     plan_chunks_seconds,
     wavlm_features,
 )
+from mmgt_core.constants import ENCODER_SAMPLE_RATE
 from mmgt_core.types import OptionalCancel, OptionalProgress
 
 if TYPE_CHECKING:
     from transformers import WavLMModel
 
 
+RELEASED_STAGE1_FEATURE_DIM = WAVLM_LARGE_HIDDEN_SIZE + EDGE_FEATURE_DIM
+"""1059: the released SMGA model's audio input, WavLM-Large (1024) + EDGE (35)."""
+
+
 def stage1_feature_dim(encoder: WavLMEncoder) -> int:
-    """Columns of the Stage-I features: WavLM hidden size + 35 (1059 for WavLM-Large)."""
+    """Columns of the Stage-I features: WavLM hidden size + 35 (:data:`RELEASED_STAGE1_FEATURE_DIM` for WavLM-Large)."""
     return encoder.hidden_size + EDGE_FEATURE_DIM
 
 

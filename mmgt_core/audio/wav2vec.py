@@ -32,8 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmgt_core.audio.waveform import (
-    ENCODER_SAMPLE_RATE,
-    VIDEO_FPS,
     WaveformLike,
     conv_frames,
     conv_geometry,
@@ -41,6 +39,7 @@ from mmgt_core.audio.waveform import (
     prepare_audio,
     to_mono,
 )
+from mmgt_core.constants import ENCODER_SAMPLE_RATE, VIDEO_FPS
 from mmgt_core.errors import InputError
 
 NORMALIZE_EPS = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm

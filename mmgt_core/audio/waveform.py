@@ -22,13 +22,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from mmgt_core.constants import ENCODER_SAMPLE_RATE, VIDEO_FPS
 from mmgt_core.errors import InputError
-
-VIDEO_FPS = 25
-"""Frame rate of every MMGT feature and video (one feature row per video frame)."""
-
-ENCODER_SAMPLE_RATE = 16000
-"""Rate WavLM and wav2vec2 take (the official code loads both through ``librosa.load(sr=16000)``)."""
 
 SOXR_QUALITY = "soxr_hq"
 """librosa.load's default ``res_type``; the official features were computed through it."""

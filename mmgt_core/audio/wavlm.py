@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 
 from mmgt_core.audio.waveform import (
-    ENCODER_SAMPLE_RATE,
     WaveformLike,
     conv_frames,
     conv_geometry,
@@ -47,6 +46,7 @@ from mmgt_core.audio.waveform import (
     to_mono,
     validate_clip,
 )
+from mmgt_core.constants import ENCODER_SAMPLE_RATE
 from mmgt_core.errors import WeightsError
 from mmgt_core.timeline import fit_length
 from mmgt_core.types import OptionalCancel, OptionalProgress
@@ -68,6 +68,8 @@ NORMALIZE_CONFIG_KEY = "mmgt_normalize_waveform"
 
 DEFAULT_CHUNK_SECONDS = 20.0
 DEFAULT_CONTEXT_SECONDS = 5.0
+WAVLM_LARGE_HIDDEN_SIZE = 1024
+"""Width of WavLM-Large's last layer, the released Stage-I encoder."""
 
 _UNILM_ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "tanh": "tanh", "linear": "linear",
                       "gelu_accurate": "gelu_new", "gelu_fast": "gelu_new"}

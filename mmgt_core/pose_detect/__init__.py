@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..constants import VIDEO_FPS
 from ..errors import InputError, WeightsError
 from ..keypoints import PoseSequence
 from .dwpose import (
@@ -70,7 +71,7 @@ class ReferencePoseResult:
     width: int  # input image size in pixels
     height: int
 
-    def to_pose_sequence(self, fps: float = 25.0) -> PoseSequence:
+    def to_pose_sequence(self, fps: float = VIDEO_FPS) -> PoseSequence:
         """A one-frame PoseSequence on the input image's canvas."""
         return PoseSequence(torch.from_numpy(self.keypoints[None].copy()), self.width, self.height, fps)
 

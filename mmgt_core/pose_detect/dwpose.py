@@ -39,6 +39,7 @@ from typing import Any, Union
 import cv2
 import numpy as np
 
+from ..constants import KEYPOINT_SCORE_THRESHOLD
 from ..errors import InputError, WeightsError
 from .select import PersonRule, select_person
 
@@ -59,7 +60,6 @@ SIMCC_SPLIT_RATIO = 2.0
 POSE_MEAN = np.array([123.675, 116.28, 103.53])
 POSE_STD = np.array([58.395, 57.12, 57.375])
 NUM_WHOLEBODY_POINTS = 133
-NECK_SHOULDER_THRESHOLD = 0.3
 # openpose[i] = mmpose_with_neck[OPENPOSE_FROM_MMPOSE[i]] for the first 18 points (neck inserted at 17).
 OPENPOSE_FROM_MMPOSE = (0, 17, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)
 
@@ -273,7 +273,7 @@ def assemble_openpose_134(points: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """(134, 3) x, y, score from 133 COCO-WholeBody points: neck inserted at 17, body reordered to OpenPose-18."""
     info = np.concatenate((np.asarray(points, np.float64), np.asarray(scores, np.float64)[:, None]), axis=1)
     neck = info[[5, 6]].mean(axis=0)
-    neck[2] = float(info[5, 2] > NECK_SHOULDER_THRESHOLD and info[6, 2] > NECK_SHOULDER_THRESHOLD)
+    neck[2] = float(info[5, 2] > KEYPOINT_SCORE_THRESHOLD and info[6, 2] > KEYPOINT_SCORE_THRESHOLD)
     with_neck = np.insert(info, 17, neck, axis=0)
     with_neck[:18] = with_neck[list(OPENPOSE_FROM_MMPOSE)]
     return with_neck

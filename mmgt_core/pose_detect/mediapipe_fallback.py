@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import KEYPOINT_SCORE_THRESHOLD
+
 MEDIAPIPE_VERSION = "0.10.21"
-VISIBILITY_THRESHOLD = 0.3
 
 # OpenPose-18 body index -> BlazePose landmark; the neck (1) is computed from the shoulders.
 BODY_FROM_BLAZEPOSE: dict[int, int] = {
@@ -95,7 +96,7 @@ def body_from_pose(pose: np.ndarray) -> np.ndarray:
         body[openpose_index] = pose[blaze_index]
     shoulders = pose[[BLAZE_LEFT_SHOULDER, BLAZE_RIGHT_SHOULDER]]
     body[1, :2] = shoulders[:, :2].mean(axis=0)
-    body[1, 2] = float(np.all(shoulders[:, 2] > VISIBILITY_THRESHOLD))
+    body[1, 2] = float(np.all(shoulders[:, 2] > KEYPOINT_SCORE_THRESHOLD))
     return body
 
 

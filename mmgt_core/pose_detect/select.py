@@ -6,6 +6,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..constants import KEYPOINT_SCORE_THRESHOLD
+
 PersonRule = Literal["largest", "first"]
 PERSON_RULES: tuple[str, ...] = ("largest", "first")
 
@@ -39,12 +41,12 @@ def select_person(boxes: np.ndarray, rule: PersonRule = "largest") -> int:
     raise ValueError(f"unknown person rule {rule!r}; expected one of {PERSON_RULES}")
 
 
-def count_confident_body_joints(keypoints: np.ndarray, threshold: float = 0.3) -> int:
+def count_confident_body_joints(keypoints: np.ndarray, threshold: float = KEYPOINT_SCORE_THRESHOLD) -> int:
     """How many body-18 joints (neck excluded) of a (134, 3) pose have a score above ``threshold``."""
     scores = np.asarray(keypoints)[list(_BODY_JOINTS_WITHOUT_NECK), 2]
     return int(np.count_nonzero(scores > threshold))
 
 
-def looks_like_a_person(keypoints: np.ndarray, threshold: float = 0.3) -> bool:
+def looks_like_a_person(keypoints: np.ndarray, threshold: float = KEYPOINT_SCORE_THRESHOLD) -> bool:
     """True when enough body joints are confident for the pose to be worth animating."""
     return count_confident_body_joints(keypoints, threshold) >= MIN_CONFIDENT_BODY_JOINTS

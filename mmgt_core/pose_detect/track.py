@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..constants import KEYPOINT_SCORE_THRESHOLD
 from ..errors import InputError
 from .select import box_areas
 
@@ -21,7 +22,6 @@ CENTRE_RADIUS = 0.5  # else: centre within this many box sizes of the last centr
 CENTRE_RADIUS_GROWTH = 0.25  # ... by this much per frame unseen, so a person back from a short gap is found again
 MAX_SIZE_RATIO = 2.0  # and a box area within this factor of the last one
 DEFAULT_MAX_GAP = 12  # frames without the tracked person that are interpolated (about 0.5 s at 25 fps)
-_VISIBLE = 0.3
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -36,7 +36,7 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def keypoint_box(points: np.ndarray, threshold: float = _VISIBLE) -> np.ndarray:
+def keypoint_box(points: np.ndarray, threshold: float = KEYPOINT_SCORE_THRESHOLD) -> np.ndarray:
     """Bounding box (4,) of a (K, 3) pose's points scored above ``threshold`` (all zeros when fewer than two)."""
     points = np.asarray(points, dtype=np.float64)
     seen = points[points[:, 2] > threshold, :2]

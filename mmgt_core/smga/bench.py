@@ -18,12 +18,12 @@ from typing import Optional
 
 import torch
 
+from ..constants import VIDEO_FPS
 from ..tiny_models import random_smga
 from .diffusion import cosine_schedule, ddim_timesteps, ddim_update
 from .generate import generate_pose_sequence
 from .model import GestureDecoder, SMGAConfig
 
-FPS = 25
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RECIPE_SEED = 1011  # the fixtures' full-size recipe seed; any weights give the same speed
 
@@ -126,7 +126,7 @@ def run_smga_bench(
 
 def _bench_one(model: GestureDecoder, name: str, seconds: float, steps: int, repeats: int, baseline: bool,
                device: str) -> dict:
-    frames = max(1, round(seconds * FPS))
+    frames = max(1, round(seconds * VIDEO_FPS))
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     timings, baseline_timings = [], []
@@ -137,15 +137,15 @@ def _bench_one(model: GestureDecoder, name: str, seconds: float, steps: int, rep
     median = statistics.median(timings)
     run = {
         "dtype": name,
-        "seconds_of_audio": frames / FPS,
+        "seconds_of_audio": frames / VIDEO_FPS,
         "median_s": median,
         "min_s": min(timings),
         "all_s": timings,
-        "compute_s_per_audio_s": median / (frames / FPS),
+        "compute_s_per_audio_s": median / (frames / VIDEO_FPS),
         "peak_rss_mib": _max_rss_mib(),
     }
     if baseline:
-        window_seconds = model.config.seq_len / FPS
+        window_seconds = model.config.seq_len / VIDEO_FPS
         run["baseline_s_per_audio_s"] = statistics.median(baseline_timings) / window_seconds
         run["speedup"] = statistics.median(b / t * frames / model.config.seq_len
                                            for b, t in zip(baseline_timings, timings))

@@ -32,6 +32,7 @@ import torch
 from scipy.interpolate import CubicSpline
 from torch import Tensor
 
+from ..constants import SMGA_WINDOW_FRAMES
 from ..errors import InputError
 from ..timeline import fit_length
 from ..types import OptionalCancel, OptionalProgress
@@ -64,7 +65,8 @@ def plan_windows(total_frames: int, window: int, overlap: int) -> list[WindowPla
     return plans
 
 
-def total_diffusion_steps(total_frames: int, steps: int, window: int = 80, overlap: int = DEFAULT_OVERLAP) -> int:
+def total_diffusion_steps(total_frames: int, steps: int, window: int = SMGA_WINDOW_FRAMES,
+                          overlap: int = DEFAULT_OVERLAP) -> int:
     """How many progress steps ``generate_pose_sequence`` reports: windows × DDIM steps."""
     return len(plan_windows(total_frames, window, overlap)) * steps
 
@@ -183,7 +185,7 @@ def generate_pose_sequence(
     *,
     steps: int = 50,
     guidance: float = GUIDANCE_WEIGHT,
-    window: int = 80,
+    window: int = SMGA_WINDOW_FRAMES,
     overlap: int = DEFAULT_OVERLAP,
     best_of: int = 1,
     smooth: str = "none",

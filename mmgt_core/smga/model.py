@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..audio.stage1 import RELEASED_STAGE1_FEATURE_DIM
+from ..constants import SMGA_WINDOW_FRAMES
 from ..tiny_models import init_weights_recipe as init_weights_recipe  # the fixtures' recipe; imported from here too
 
 FACE_DIMS = slice(72, 276)  # keypoints 24..91 (68 face landmarks) x 3 channels: the face stream M^f
@@ -42,13 +44,13 @@ class SMGAConfig:
     """Shape of a ``GestureDecoder``; the defaults are the released MMGT model (``SMGA.py``)."""
 
     nfeats: int = 402
-    seq_len: int = 80
+    seq_len: int = SMGA_WINDOW_FRAMES
     latent_dim: int = 512
     ff_size: int = 1024
     num_layers: int = 8
     num_heads: int = 8
     dropout: float = 0.1
-    cond_feature_dim: int = 1059
+    cond_feature_dim: int = RELEASED_STAGE1_FEATURE_DIM
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (stored as JSON in our safetensors metadata)."""

@@ -35,6 +35,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from mmgt_core.constants import ENCODER_SAMPLE_RATE, LATENT_STRIDE, VIDEO_FPS
 from mmgt_core.pipeline import VideoInputs, VideoPipeline
 from mmgt_core.tiny_models import (
     moving_pose,
@@ -130,7 +131,7 @@ def _synthetic_inputs(frames: int, width: int, height: int, seed: int = 0) -> di
     """A moving pose (keypoints), a reference image and a speech-like waveform of the same length."""
     generator = torch.Generator().manual_seed(seed)
     image = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8)
-    wave = torch.from_numpy(synthetic_speech(frames / 25))
+    wave = torch.from_numpy(synthetic_speech(frames / VIDEO_FPS))
     return {"pose": moving_pose(frames, width, height), "image": image, "wave": wave}
 
 
@@ -150,7 +151,7 @@ def _generate(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, se
     inputs = _synthetic_inputs(frames, settings.width, settings.height)
     pipeline = VideoPipeline(net, vae)
     split: dict[str, float] = {}
-    split["audio_s"], features = _timed(lambda: wav2vec2_features(wav2vec, inputs["wave"], 16000)[0])
+    split["audio_s"], features = _timed(lambda: wav2vec2_features(wav2vec, inputs["wave"], ENCODER_SAMPLE_RATE)[0])
     embeds = torch.randn(1, net.config.unet.cross_attention_dim)
     video_inputs = VideoInputs(inputs["image"], keypoints=inputs["pose"], audio_features=features,
                                image_embeds=embeds)
@@ -166,7 +167,7 @@ def _generate(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, se
 
 def _window_forward(net: VideoNet, settings: VideoSettings, dtype: torch.dtype) -> Callable[[], Any]:
     """One CFG-batch forward of a full context window (the unit of the sampling loop)."""
-    frames, (h, w) = settings.context_frames, (settings.height // 8, settings.width // 8)
+    frames, (h, w) = settings.context_frames, (settings.height // LATENT_STRIDE, settings.width // LATENT_STRIDE)
     unet = net.denoising_unet
     audio = net.config.audio.audio_attention_dim
     embed_dim = net.config.unet.cross_attention_dim
@@ -192,7 +193,7 @@ def _window_forward(net: VideoNet, settings: VideoSettings, dtype: torch.dtype) 
 def _sd15_forward_seconds(unet_config: UNetConfig, settings: VideoSettings, dtype: torch.dtype,
                           repeats: int) -> float:
     baseline = random_sd15_unet(unet_config, dtype)
-    sample = torch.randn(1, 4, settings.height // 8, settings.width // 8, dtype=dtype)
+    sample = torch.randn(1, 4, settings.height // LATENT_STRIDE, settings.width // LATENT_STRIDE, dtype=dtype)
     context = torch.randn(1, SD15_TEXT_TOKENS, unet_config.cross_attention_dim, dtype=dtype)
 
     def run() -> None:
@@ -242,8 +243,8 @@ def run_video_bench(
         log(f"[video bench] one window forward: fp32 {results['window_forward_fp32_s']:.2f}s, {dtype} "
             f"{results[f'window_forward_{dtype}_s']:.2f}s -> {dtype} is {results['bf16_speedup']:.2f}x faster")
     results["sd15_forward_s"] = _sd15_forward_seconds(config.unet, settings, target, repeats)
-    log(f"[video bench] plain SD1.5 UNet forward (batch 1, {height // 8}x{width // 8} latents, {dtype}): "
-        f"{results['sd15_forward_s']:.3f}s")
+    log(f"[video bench] plain SD1.5 UNet forward (batch 1, {height // LATENT_STRIDE}x{width // LATENT_STRIDE} latents, "
+        f"{dtype}): {results['sd15_forward_s']:.3f}s")
     vae, wav2vec = random_vae(tiny, target, WEIGHT_SEED), random_wav2vec(tiny, WEIGHT_SEED)
     results["runs"] = [_length_run(net, vae, wav2vec, count, settings, target, results["sd15_forward_s"], log)
                        for count in frames]

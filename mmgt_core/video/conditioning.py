@@ -35,11 +35,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mmgt_core.constants import SIZE_MULTIPLE
 from mmgt_core.errors import InputError
 
-VAE_SCALING = 0.18215
 CLIP_INPUT_SIZE = 224
-SIZE_MULTIPLE = 64  # four latent levels (x8, x16, x32, x64) must tile the frame exactly
 MASK_MODES = ("released", "paper", "training")
 
 ImageLike = Image.Image | torch.Tensor | np.ndarray
@@ -65,7 +64,7 @@ class BranchMasks:
 
 
 def check_output_size(width: int, height: int) -> None:
-    """Raise InputError unless both sides are positive multiples of 64 (any aspect ratio is fine)."""
+    """Raise InputError unless both sides are positive multiples of ``SIZE_MULTIPLE`` (64; any aspect ratio)."""
     if width <= 0 or height <= 0 or width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
         raise InputError(
             "width/height",
@@ -174,7 +173,7 @@ def reference_pixels(image: ImageLike, width: int, height: int) -> torch.Tensor:
 
 
 def reference_latent(vae: nn.Module, image: ImageLike, width: int, height: int) -> torch.Tensor:
-    """``vae.encode(pixels).latent_dist.mean * 0.18215`` -> (1, 4, H/8, W/8) in the VAE's dtype."""
+    """``vae.encode(pixels).latent_dist.mean`` x the VAE's scale (0.18215) -> (1, 4, H/8, W/8) in its dtype."""
     from mmgt_core.video.vae_codec import encode_images
 
     return encode_images(vae, reference_pixels(image, width, height))
@@ -273,8 +272,10 @@ def cover_crop_mask(mask: torch.Tensor, width: int, height: int) -> torch.Tensor
 
 def zero_branch_masks(frames: int, width: int, height: int, mode: str = "released") -> BranchMasks:
     """Masks for a run without motion masks: every region empty (released full mask = 1)."""
+    from mmgt_core.masks import latent_level_sizes
+
     check_output_size(width, height)
-    levels = [torch.zeros(frames, (height // s) * (width // s)) for s in (8, 16, 32, 64)]
+    levels = [torch.zeros(frames, h * w) for h, w in latent_level_sizes(width, height)]
     return compose_branch_masks(levels, levels, levels, "released" if mode == "training" else mode)
 
 

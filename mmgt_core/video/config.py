@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmgt_core.constants import MOTION_MODULE_MAX_FRAMES
+
 SD15_DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 SD15_UP_BLOCK_TYPES = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
 
@@ -69,7 +71,7 @@ class MotionModuleConfig:
     num_attention_heads: int = 8
     num_transformer_block: int = 1
     num_attention_blocks: int = 2  # ("Temporal_Self", "Temporal_Self")
-    max_frames: int = 32  # temporal_position_encoding_max_len: the persistent ``pe`` buffer is (1, 32, C)
+    max_frames: int = MOTION_MODULE_MAX_FRAMES  # temporal_position_encoding_max_len: the ``pe`` buffer's length
     resolutions: tuple[int, ...] = (1, 2, 4, 8)
     mid_block: bool = True
 

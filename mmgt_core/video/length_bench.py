@@ -31,16 +31,16 @@ from typing import Any, Optional
 
 import torch
 
+from mmgt_core.constants import ENCODER_SAMPLE_RATE, SIZE_MULTIPLE
 from mmgt_core.tiny_models import synthetic_reference_pose, synthetic_speech, write_tiny_model_set
 from mmgt_core.video.bench import PeakRSS
 
 DEFAULT_SECONDS = (10.0, 60.0, 600.0)
-SAMPLE_RATE = 16000
 MEMORY_TARGET = 1.3
 TIME_SPREAD_TARGET = 0.2
 
 
-def speech_audio(seconds: float, rate: int = SAMPLE_RATE) -> dict[str, Any]:
+def speech_audio(seconds: float, rate: int = ENCODER_SAMPLE_RATE) -> dict[str, Any]:
     """The synthetic speech as a ComfyUI AUDIO dict."""
     return {"waveform": torch.from_numpy(synthetic_speech(seconds, rate))[None, None], "sample_rate": rate}
 
@@ -167,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, nargs="+", default=list(DEFAULT_SECONDS),
                         help="speech lengths to render (default 10 60 600)")
-    parser.add_argument("--size", type=int, default=128, help="output width and height (multiple of 64)")
+    parser.add_argument("--size", type=int, default=128, help=f"output width and height (multiple of {SIZE_MULTIPLE})")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps (Stage I and Stage II)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16")
     parser.add_argument("--threads", type=int, default=None)

@@ -15,6 +15,7 @@ from diffusers.models.attention_processor import Attention
 from einops import rearrange
 from torch import nn
 
+from ..constants import MOTION_MODULE_MAX_FRAMES
 from ..errors import InputError
 from .blocks3d import frames_to_tokens, tokens_to_frames
 
@@ -102,7 +103,7 @@ class TemporalTransformer(nn.Module):
 class MotionModule(nn.Module):
     """Official ``VanillaTemporalModule``: (b*f, C, H, W) frames in, same shape out."""
 
-    def __init__(self, channels: int, heads: int = 8, max_frames: int = 32, num_blocks: int = 1,
+    def __init__(self, channels: int, heads: int = 8, max_frames: int = MOTION_MODULE_MAX_FRAMES, num_blocks: int = 1,
                  num_attention_blocks: int = 2, zero_init: bool = True) -> None:
         super().__init__()
         self.temporal_transformer = TemporalTransformer(channels, heads, max_frames, num_blocks, num_attention_blocks)

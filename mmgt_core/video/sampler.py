@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from mmgt_core.audio.wav2vec import audio_context_windows
+from mmgt_core.constants import LATENT_STRIDE, VIDEO_FPS
 from mmgt_core.errors import InputError
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.types import CancelFn, ProgressFn
@@ -67,7 +68,6 @@ from mmgt_core.video.settings import VideoSettings, check_scheduler
 from mmgt_core.video.vae_codec import module_dtype_device
 
 LATENT_CHANNELS = 4
-LATENT_STRIDE = 8
 AUDIO_MARGIN = 2  # 5-frame audio window around every frame (spec 3.9)
 
 PoseFrameSource = ImagePoseFrames | KeypointPoseFrames
@@ -242,10 +242,10 @@ def check_conditioning(cond: VideoConditioning, settings: VideoSettings) -> None
         raise InputError("masks", f"the motion masks have {cond.masks.frames} frames but the pose has {frames}",
                          "make the masks from the same pose sequence (one mask per pose frame).")
     if cond.audio_tokens is not None and cond.audio_tokens.shape[0] != frames:
-        seconds = frames / 25.0
+        seconds = frames / VIDEO_FPS
         raise InputError("audio", f"the audio gives {cond.audio_tokens.shape[0]} frames but the pose has {frames}",
-                         f"trim or pad the audio to {frames} frames ({seconds:.2f} s at 25 fps), or generate the "
-                         "pose from this audio.")
+                         f"trim or pad the audio to {frames} frames ({seconds:.2f} s at {VIDEO_FPS} fps), or generate "
+                         "the pose from this audio.")
     latent_hw = (settings.height // LATENT_STRIDE, settings.width // LATENT_STRIDE)
     if tuple(cond.reference_latent.shape[-2:]) != latent_hw:
         raise InputError("reference_latent", f"latent size {tuple(cond.reference_latent.shape[-2:])} does not "

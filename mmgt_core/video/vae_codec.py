@@ -1,4 +1,4 @@
-"""Chunked VAE encode/decode for video latents (SD ``AutoencoderKL``, scale 0.18215).
+"""Chunked VAE encode/decode for video latents (SD ``AutoencoderKL``, scale 0.18215 or the VAE config's own).
 
 The official pipeline decodes one frame at a time (``chunk_frames=1``), then ``(x / 2 + 0.5).clamp(0, 1)``.
 Decoding in chunks keeps memory flat for long videos: ``iter_decoded_chunks`` yields the frames chunk by chunk
@@ -8,7 +8,7 @@ preallocated output (for IMAGE batches).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Optional
 
 import torch
@@ -18,6 +18,14 @@ from mmgt_core.errors import InputError
 from mmgt_core.types import CancelFn, ProgressFn
 
 VAE_SCALING = 0.18215
+"""SD1.5's latent scale (ComfyUI's SD1.5 latent format too); a VAE whose config has ``scaling_factor`` uses that."""
+
+
+def vae_scaling_factor(vae: Any) -> float:
+    """The VAE config's ``scaling_factor`` (diffusers ``AutoencoderKL``), else SD1.5's :data:`VAE_SCALING`."""
+    config = getattr(vae, "config", None)
+    value = config.get("scaling_factor") if isinstance(config, Mapping) else getattr(config, "scaling_factor", None)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else VAE_SCALING
 
 
 def module_dtype_device(module: Any, default_dtype: torch.dtype = torch.float32) -> tuple[torch.dtype, torch.device]:
@@ -32,7 +40,7 @@ def iter_decoded_chunks(
     vae: nn.Module | Callable[[torch.Tensor], Any],
     latents: torch.Tensor,
     chunk_frames: int = 1,
-    scaling_factor: float = VAE_SCALING,
+    scaling_factor: Optional[float] = None,
     check_cancel: Optional[CancelFn] = None,
     stop: Optional[int] = None,
 ) -> Iterator[torch.Tensor]:
@@ -48,10 +56,11 @@ def iter_decoded_chunks(
         raise InputError("latents", f"expected (1, 4, T, h, w) or (T, 4, h, w) with T >= 1, got {tuple(latents.shape)}",
                          "pass the sampler's output latents.")
     chunk_frames = max(1, int(chunk_frames))
+    scale = vae_scaling_factor(vae) if scaling_factor is None else scaling_factor
     for start in range(0, total, chunk_frames):
         if check_cancel is not None:
             check_cancel()
-        chunk = frames_latents[start:min(start + chunk_frames, total)].to(device=device, dtype=dtype) / scaling_factor
+        chunk = frames_latents[start:min(start + chunk_frames, total)].to(device=device, dtype=dtype) / scale
         with torch.no_grad():
             images = _decoded(vae.decode(chunk) if hasattr(vae, "decode") else vae(chunk))
         yield (images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
@@ -61,7 +70,7 @@ def decode_latents(
     vae: nn.Module | Callable[[torch.Tensor], Any],
     latents: torch.Tensor,
     chunk_frames: int = 1,
-    scaling_factor: float = VAE_SCALING,
+    scaling_factor: Optional[float] = None,
     progress: Optional[ProgressFn] = None,
     check_cancel: Optional[CancelFn] = None,
 ) -> torch.Tensor:
@@ -83,14 +92,15 @@ def encode_images(
     vae: nn.Module,
     pixels: torch.Tensor,
     chunk_frames: int = 8,
-    scaling_factor: float = VAE_SCALING,
+    scaling_factor: Optional[float] = None,
     sample_generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
-    """Images (N, 3, H, W) in [-1, 1] -> latents (N, 4, H/8, W/8) scaled by 0.18215, in chunks.
+    """Images (N, 3, H, W) in [-1, 1] -> latents (N, 4, H/8, W/8) scaled by the VAE's factor, in chunks.
 
     Uses ``latent_dist.mean`` (the official reference path); with ``sample_generator`` it samples instead.
     """
     dtype, device = module_dtype_device(vae)
+    scale = vae_scaling_factor(vae) if scaling_factor is None else scaling_factor
     pieces = []
     for start in range(0, pixels.shape[0], max(1, int(chunk_frames))):
         chunk = pixels[start:start + chunk_frames].to(device=device, dtype=dtype)
@@ -98,7 +108,7 @@ def encode_images(
             encoded = vae.encode(chunk)
         dist = getattr(encoded, "latent_dist", encoded[0] if isinstance(encoded, (tuple, list)) else encoded)
         latent = dist.mean if sample_generator is None else dist.sample(sample_generator)
-        pieces.append(latent * scaling_factor)
+        pieces.append(latent * scale)
     return torch.cat(pieces)
 
 
