@@ -5,10 +5,9 @@ Run: ``python -m mmgt_core bench length [--seconds 10 60 600] [--size 128] [--st
 It writes the tiny random-weight models (:mod:`mmgt_core.tiny_models`) into a temporary models folder and runs the
 pack's own node classes wired as ``workflows/mmgt_audio_to_video.json`` wires them: Load WavLM -> Stage-I Audio
 Features -> Load SMGA -> Audio to Pose -> Load wav2vec2 -> Stage-II Audio Features -> Load Video Net / VAE / Image
-Encoder -> Sample Video (keypoints in, pose frames and masks drawn per window) -> output. Two stand-ins, both
-independent of length: the reference pose is the synthetic one (no DWPose files are needed), and the output step
-decodes the latents chunk by chunk and drops each chunk (what a streaming mp4 writer holds), because a whole
-IMAGE decode is by design proportional to the length.
+Encoder -> Sample Video (keypoints in, pose frames and masks drawn per window) -> MMGT Save Video (the streamed mp4,
+deleted after each run). One stand-in, independent of length: the reference pose is the synthetic one (no DWPose
+files are needed).
 
 For every length it prints the peak RSS above the RSS with the models loaded (a thread polls it every 20 ms), the
 same per node (the profile that shows which stage holds memory), and the wall time per output frame; at the end
