@@ -57,11 +57,6 @@ def needed_models(mode: str) -> list[ModelFile]:
     return [m for m in MODEL_FILES if mode == "all" or MODE_NAMES[mode] in m.modes]
 
 
-def missing_models(mode: str, models_dir: Path) -> list[ModelFile]:
-    """Rows of ``mode`` with no file (nor accepted alternative) in ``models_dir``."""
-    return [m for m in needed_models(mode) if m.find([models_dir]) is None]
-
-
 @dataclass(frozen=True)
 class _Published:
     """What the hub says about one file."""

@@ -38,7 +38,6 @@ INNER_LIP_PAIRS = ((FACE.start + 61, FACE.start + 67), (FACE.start + 62, FACE.st
                    (FACE.start + 63, FACE.start + 65))
 # Outer lower lip (iBUG 55–59) follows the inner lower lip when the mouth closes.
 OUTER_LOWER_LIP = tuple(FACE.start + k for k in range(55, 60))
-INNER_LOWER_LIP = tuple(FACE.start + k for k in (65, 66, 67))
 
 
 @dataclass(frozen=True)

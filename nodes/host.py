@@ -12,7 +12,6 @@ Importing this module never downloads, never creates folders and never initialis
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,15 +71,6 @@ def list_model_files() -> list[str]:
     for root in model_dirs():
         if root.is_dir():
             names.update(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    return sorted(names)
-
-
-def list_model_dirs() -> list[str]:
-    """Relative paths of sub-folders (e.g. Hugging Face model folders) under the MMGT model folders."""
-    names: set[str] = set()
-    for root in model_dirs():
-        if root.is_dir():
-            names.update(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir())
     return sorted(names)
 
 
@@ -338,11 +328,6 @@ def soft_empty_cache() -> None:
         model_management.soft_empty_cache()
     elif torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def temp_directory() -> str:
-    """ComfyUI's temp folder, or the system temp folder."""
-    return folder_paths.get_temp_directory() if IN_COMFYUI else tempfile.gettempdir()
 
 
 def input_directory() -> str:
