@@ -10,20 +10,12 @@ import pytest
 
 import mmgt_core.audio.edge_features as edge
 from mmgt_core.audio.edge_features import ENVELOPE_COLUMN, MFCC_COLUMNS, ONE_HOT_COLUMNS, edge_features
-
-
-def speech_like(seconds: float, rate: int) -> np.ndarray:
-    """Voiced 'syllables' at ~3 Hz on a gliding 140 Hz pitch, with breath noise: onsets, beats and chroma to find."""
-    rng = np.random.default_rng(1)
-    t = np.arange(int(seconds * rate)) / rate
-    voiced = (np.sin(2 * np.pi * 3.1 * t) > 0.2).astype(np.float32)
-    tone = 0.3 * np.sin(2 * np.pi * (140 + 30 * np.sin(2 * np.pi * 0.5 * t)) * t)
-    return ((tone + 0.05 * rng.standard_normal(t.size)) * voiced).astype(np.float32)
+from mmgt_core.tiny_models import synthetic_speech
 
 
 @pytest.mark.parametrize("rate", [16000, 44100])
 def test_chunked_features_equal_the_whole_clip_features(monkeypatch: pytest.MonkeyPatch, rate: int) -> None:
-    wave = speech_like(40.0, rate)
+    wave = synthetic_speech(40.0, rate)
     monkeypatch.setattr(edge, "EDGE_CHUNK_SECONDS", 1000.0)
     whole = edge_features(wave, rate).numpy()
     whole_bpm = edge.official_start_bpm(wave, rate)
@@ -40,7 +32,7 @@ def test_chunked_features_equal_the_whole_clip_features(monkeypatch: pytest.Monk
 
 
 def test_feature_memory_barely_grows_with_the_clip_length() -> None:
-    short, long = speech_like(20.0, 16000), speech_like(120.0, 16000)
+    short, long = synthetic_speech(20.0), synthetic_speech(120.0)
     edge_features(short[:16000], 16000)  # librosa's first-call set-up is not part of the measurement
     peaks = []
     for wave in (short, long):
