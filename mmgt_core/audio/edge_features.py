@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Optional
 
 import numpy as np
@@ -139,18 +140,23 @@ class _ResampledSignal:
         span = resample(self.mono[source_start:source_stop], self.sr_in, self.sr_out).numpy()
         return span[: stop - start]
 
-    def chunks(self) -> list[tuple[np.ndarray, int, int]]:
-        """The analysis chunks: ``(samples, lead_frames, frames)``; frames ``[lead, lead + frames)`` of a chunk's
-        centred analysis are its own, in order. One chunk (the whole clip) up to EDGE_CHUNK_SECONDS."""
-        hop = EDGE_HOP_LENGTH
-        total_frames = 1 + self.total // hop
+    @property
+    def in_one_piece(self) -> bool:
+        """True when the clip is analysed whole (up to EDGE_CHUNK_SECONDS): the official computation."""
+        return 1 + self.total // EDGE_HOP_LENGTH <= _chunk_frames(self)
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, int, int]]:
+        """The analysis chunks, one at a time: ``(samples, lead_frames, frames)``; frames ``[lead, lead + frames)``
+        of a chunk's centred analysis are its own, in order. One chunk (the whole clip) when :attr:`in_one_piece`."""
+        total_frames = 1 + self.total // EDGE_HOP_LENGTH
+        if self.in_one_piece:
+            yield self.read(0, self.total), 0, total_frames
+            return
         chunk_frames = _chunk_frames(self)
-        if total_frames <= chunk_frames:
-            return [(self.read(0, self.total), 0, total_frames)]
-        unit = math.lcm(hop, self.step_out)
+        unit = math.lcm(EDGE_HOP_LENGTH, self.step_out)
         margin = math.ceil(EDGE_MARGIN_SECONDS * self.sr_out / unit) * unit
-        return [self._chunk(first, min(total_frames, first + chunk_frames), margin)
-                for first in range(0, total_frames, chunk_frames)]
+        for first in range(0, total_frames, chunk_frames):
+            yield self._chunk(first, min(total_frames, first + chunk_frames), margin)
 
     def _chunk(self, first: int, last: int, margin: int) -> tuple[np.ndarray, int, int]:
         start = max(0, first * EDGE_HOP_LENGTH - margin)
@@ -221,13 +227,12 @@ def _chroma_cens(signal: _ResampledSignal) -> np.ndarray:
     tuning estimated on the clip), chunk by chunk: the CENS smoothing (41 frames) stays inside a chunk's margin."""
     import librosa
 
-    chunks = signal.chunks()
-    if len(chunks) == 1:
-        tuning = librosa.estimate_tuning(y=chunks[0][0], sr=signal.sr_out, bins_per_octave=CQT_BINS_PER_OCTAVE)
-    else:
-        tuning = _clip_tuning(signal)
+    # one piece: the official estimate on the whole clip (below); chunked: from the chunks' pitch tracks first
+    tuning = None if signal.in_one_piece else _clip_tuning(signal)
     parts = []
-    for samples, lead, frames in chunks:
+    for samples, lead, frames in signal.chunks():
+        if tuning is None:
+            tuning = librosa.estimate_tuning(y=samples, sr=signal.sr_out, bins_per_octave=CQT_BINS_PER_OCTAVE)
         magnitude = np.abs(librosa.cqt(samples, sr=signal.sr_out, hop_length=EDGE_HOP_LENGTH,
                                        n_bins=CQT_OCTAVES * CQT_BINS_PER_OCTAVE,
                                        bins_per_octave=CQT_BINS_PER_OCTAVE, tuning=tuning))
