@@ -25,6 +25,7 @@ from torch import nn
 from .constants import ENCODER_SAMPLE_RATE
 from .keypoints import PoseSequence
 from .keypoints_io import save_keypoints_file
+from .quiet import quiet_loading
 from .weights import save_weights
 
 if TYPE_CHECKING:
@@ -127,7 +128,8 @@ def random_diffusers_model(model_class: type[nn.Module], dtype: torch.dtype, see
     parameter is overwritten: ``to_empty`` storage is garbage, possibly NaN or slow denormals)."""
     with torch.device("meta"):
         model = model_class(**config)
-    model = model.to(dtype).to_empty(device="cpu")
+    with quiet_loading():  # diffusers warns about casting with .to(); every weight is set below anyway
+        model = model.to(dtype).to_empty(device="cpu")
     init_weights_recipe(model, seed)
     return model.eval()
 
@@ -222,11 +224,12 @@ def moving_pose(frames: int, width: int, height: int) -> PoseSequence:
 def write_tiny_model_set(models_dir: Path) -> Path:
     """Write every model the pipeline needs into ``models_dir`` (the models/mmgt layout); returns it."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    write_tiny_smga(models_dir / "smga.safetensors")
-    write_tiny_wavlm(models_dir / "wavlm-large")
-    write_tiny_video_net(models_dir / "mmgt_video.safetensors")
-    random_vae(tiny=True).save_pretrained(models_dir / "sd-vae-ft-mse", safe_serialization=True)
-    write_tiny_clip(models_dir / "image_encoder")
-    write_tiny_wav2vec2(models_dir / "wav2vec2-base-960h")
+    with quiet_loading():  # no "Writing model shards" bars from transformers
+        write_tiny_smga(models_dir / "smga.safetensors")
+        write_tiny_wavlm(models_dir / "wavlm-large")
+        write_tiny_video_net(models_dir / "mmgt_video.safetensors")
+        random_vae(tiny=True).save_pretrained(models_dir / "sd-vae-ft-mse", safe_serialization=True)
+        write_tiny_clip(models_dir / "image_encoder")
+        write_tiny_wav2vec2(models_dir / "wav2vec2-base-960h")
     save_keypoints_file(synthetic_reference_pose(), models_dir / "reference_pose.safetensors")
     return models_dir

@@ -80,6 +80,14 @@ def test_folder_loaders_are_quiet(fixtures_dir, capfd):
     assert transformers.logging.get_verbosity() == verbosity  # restored after loading
 
 
+def test_tiny_model_set_is_written_without_library_bars_or_warnings(tmp_path, capfd):
+    from mmgt_core.tiny_models import write_tiny_model_set
+
+    write_tiny_model_set(tmp_path / "mmgt")
+    out, err = capfd.readouterr()
+    assert "Writing model shards" not in out + err and "kept in float32" not in out + err
+
+
 def test_image_encoder_loader_refuses_a_wav2vec2_folder(fixtures_dir):
     with pytest.raises(WeightsError, match="holds a wav2vec2 folder, not the CLIP"):
         load_clip_image_encoder(fixtures_dir / "audio" / "wav2vec2_tiny")

@@ -133,10 +133,14 @@ def load_clip_image_encoder(model_dir: str | Path, device: torch.device | str = 
 
 def clip_pixel_values(image: ImageLike) -> torch.Tensor:
     """Official CLIP input (1, 3, 224, 224): PIL bicubic resize to 224x224, then CLIPImageProcessor defaults."""
-    from transformers import CLIPImageProcessor
+    from mmgt_core.quiet import quiet_loading
 
     resized = to_pil(image).resize((CLIP_INPUT_SIZE, CLIP_INPUT_SIZE), resample=Image.Resampling.BICUBIC)
-    return CLIPImageProcessor().preprocess(resized, return_tensors="pt").pixel_values
+    with quiet_loading():  # transformers 5 without torchvision announces its PIL fallback (the official path is PIL)
+        from transformers import CLIPImageProcessor
+
+        processor = CLIPImageProcessor()
+    return processor.preprocess(resized, return_tensors="pt").pixel_values
 
 
 def clip_image_embeds(encoder: nn.Module | Callable[[torch.Tensor], Any], image: ImageLike) -> torch.Tensor:
