@@ -130,11 +130,16 @@ class _ResampledSignal:
         self.step_out = sr_out // common if exact_rates else 0
         """Output samples between spans' possible starts (0: a rate with a fraction, read whole only)."""
         self.step_in = int(sr_in) // common if exact_rates else 0
+        self._whole: np.ndarray | None = None
+        """The whole clip at the target rate, once read (a clip analysed in one piece is read by several passes)."""
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Samples ``[start, stop)`` at the target rate; ``start`` a multiple of ``step_out``."""
+        """Samples ``[start, stop)`` at the target rate; ``start`` a multiple of ``step_out``. Read-only: the whole
+        clip is resampled once and shared by the passes that read it."""
         if start == 0 and stop >= self.total:
-            return resample(self.mono, self.sr_in, self.sr_out).numpy()
+            if self._whole is None:
+                self._whole = resample(self.mono, self.sr_in, self.sr_out).numpy()
+            return self._whole
         source_start = start // self.step_out * self.step_in
         source_stop = min(self.mono.shape[0], math.ceil(stop * self.sr_in / self.sr_out) + self.step_in)
         span = resample(self.mono[source_start:source_stop], self.sr_in, self.sr_out).numpy()
