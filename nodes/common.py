@@ -16,6 +16,11 @@ from mmgt_core.errors import InputError, MMGTError
 from . import host
 
 LOGGER = logging.getLogger("ComfyUI-MMGT")
+POSE_CATEGORY = "MMGT/pose"
+LOADERS_CATEGORY = "MMGT/loaders"
+AUDIO_CATEGORY = "MMGT/audio"
+SAMPLING_CATEGORY = "MMGT/sampling"
+"""The pack's menus in ComfyUI's node library."""
 KEYPOINTS_TYPE = "MMGT_KEYPOINTS"
 KEYPOINTS_INPUT = (KEYPOINTS_TYPE, {"tooltip": "MMGT whole-body keypoints (134 points per frame) with their canvas "
                                                "size and frame rate, e.g. from MMGT Audio → Pose."})
@@ -29,7 +34,7 @@ DTYPE_INPUT = (host.DTYPE_CHOICES, {"default": "auto", "tooltip": "Weights preci
 class KeypointsWithNotes:
     """Base of the pose nodes that return MMGT keypoints and a notes line."""
 
-    CATEGORY = "MMGT/pose"
+    CATEGORY = POSE_CATEGORY
     RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
     RETURN_NAMES = ("keypoints", "notes")
 
@@ -38,7 +43,7 @@ class TextReport:
     """Base of the loader-menu nodes that make a text report: shown on the node, returned as STRING, rerun on every
     queue (they look at the model folders again)."""
 
-    CATEGORY = "MMGT/loaders"
+    CATEGORY = LOADERS_CATEGORY
     OUTPUT_NODE = True
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("report",)

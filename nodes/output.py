@@ -16,7 +16,7 @@ from mmgt_core.timeline import output_frame_count
 from mmgt_core.video.vae_codec import iter_decoded_chunks
 
 from . import host
-from .common import node_errors
+from .common import SAMPLING_CATEGORY, node_errors
 from .stage2 import LATENTS_TYPE, MMGT_VAE_TYPE, VideoLatents, vae_for_decoding
 
 NODE_NAME = "MMGT Save Video"
@@ -89,7 +89,7 @@ class SaveVideo:
                    "with the driving audio (AAC, first sample on the first frame), so memory does not grow with "
                    "the length. Written to a temporary file and renamed when complete: cancelling or a full disk "
                    "leaves no partial file. Returns the VIDEO (the saved file) and a few preview frames.")
-    CATEGORY = "MMGT/sampling"
+    CATEGORY = SAMPLING_CATEGORY
     FUNCTION = "save"
     OUTPUT_NODE = True
     RETURN_TYPES = ("VIDEO", "IMAGE")

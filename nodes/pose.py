@@ -12,9 +12,7 @@ from mmgt_core.masks import motion_masks
 from mmgt_core.render import render_pose_video
 
 from . import host
-from .common import KEYPOINTS_INPUT, KeypointsWithNotes, node_errors, uint8_frames_to_image
-
-CATEGORY = "MMGT/pose"
+from .common import KEYPOINTS_INPUT, POSE_CATEGORY, KeypointsWithNotes, node_errors, uint8_frames_to_image
 
 
 class RenderPoseVideo:
@@ -22,7 +20,7 @@ class RenderPoseVideo:
 
     DESCRIPTION = ("Draws MMGT keypoints as DWPose-style pose frames (body limbs, hands, face dots) on a black "
                    "canvas of the keypoints' size; identical to the official drawing at 512×512.")
-    CATEGORY = CATEGORY
+    CATEGORY = POSE_CATEGORY
     FUNCTION = "render"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("pose_frames",)
@@ -48,7 +46,7 @@ class MotionMasksNode:
 
     DESCRIPTION = ("Builds the MMGT motion masks from keypoints (Algorithm 1 of the paper): boxes around the face, "
                    "the lips and each hand, their face+hands union and the background (1 − face+hands).")
-    CATEGORY = CATEGORY
+    CATEGORY = POSE_CATEGORY
     FUNCTION = "make_masks"
     RETURN_TYPES = ("MASK", "MASK", "MASK", "MASK")
     RETURN_NAMES = ("face_hands", "lips", "hands", "background")
@@ -97,7 +95,7 @@ class MMGTToPoseKeypoint:
     DESCRIPTION = ("Converts MMGT keypoints to POSE_KEYPOINT for other pose tools. openpose (controlnet_aux): feet "
                    "dropped, pupils synthesised from the eye contours, hidden points written as 0, 0, 0. sdpose "
                    "(ComfyUI core's form, e.g. for SDPose Draw Keypoints): pixels, feet and every score kept.")
-    CATEGORY = CATEGORY
+    CATEGORY = POSE_CATEGORY
     FUNCTION = "convert"
     RETURN_TYPES = ("POSE_KEYPOINT",)
     RETURN_NAMES = ("pose_keypoint",)

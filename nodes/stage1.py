@@ -21,10 +21,13 @@ from mmgt_core.smga.model import GestureDecoder, load_smga
 
 from . import host
 from .common import (
+    AUDIO_CATEGORY,
     DTYPE_INPUT,
     KEYPOINTS_INPUT,
     KEYPOINTS_TYPE,
+    LOADERS_CATEGORY,
     LOGGER,
+    POSE_CATEGORY,
     audio_to_mono,
     image_to_uint8_frames,
     node_errors,
@@ -70,7 +73,7 @@ class Stage1Audio:
 class LoadSMGA:
     DESCRIPTION = ("Loads the Stage-I SMGA audio→pose model: the official audio2pose_best_model.pt (its EMA "
                    "weights, opened safely) or an MMGT .safetensors from models/mmgt.")
-    CATEGORY = "MMGT/loaders"
+    CATEGORY = LOADERS_CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (SMGA_TYPE,)
     RETURN_NAMES = ("smga",)
@@ -98,7 +101,7 @@ class LoadSMGA:
 class LoadWavLM:
     DESCRIPTION = ("Loads WavLM-Large for the Stage-I audio features: the official unilm WavLM-Large.pt "
                    "(converted safely), a converted .safetensors, or a Hugging Face folder in models/mmgt.")
-    CATEGORY = "MMGT/loaders"
+    CATEGORY = LOADERS_CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (WAVLM_TYPE,)
     RETURN_NAMES = ("wavlm",)
@@ -126,7 +129,7 @@ class LoadWavLM:
 class Stage1AudioFeatures:
     DESCRIPTION = ("Computes the Stage-I audio features (WavLM-Large last layer ‖ 35 EDGE librosa features) at "
                    "25 fps for any length of audio; one row per output video frame.")
-    CATEGORY = "MMGT/audio"
+    CATEGORY = AUDIO_CATEGORY
     FUNCTION = "encode"
     RETURN_TYPES = (STAGE1_AUDIO_TYPE, "FLOAT", "INT", "STRING")
     RETURN_NAMES = ("audio_features", "duration_s", "frames", "notes")
@@ -157,7 +160,7 @@ class Stage1AudioFeatures:
 class ReferencePose:
     DESCRIPTION = ("Finds the speaker's whole-body keypoints in the reference image (DWPose ONNX files from "
                    "models/mmgt/dwpose, or the optional MediaPipe fallback). Takes the largest person.")
-    CATEGORY = "MMGT/pose"
+    CATEGORY = POSE_CATEGORY
     FUNCTION = "detect"
     RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
     RETURN_NAMES = ("reference_pose", "notes")
@@ -204,7 +207,7 @@ class AudioToPose:
     DESCRIPTION = ("Generates whole-body keypoints from Stage-I audio features with SMGA (DDIM, classifier-free "
                    "guidance), for any audio length: 80-frame windows, each continuing from the previous one. "
                    "Frame 0 is the reference pose, as in the official code.")
-    CATEGORY = "MMGT/pose"
+    CATEGORY = POSE_CATEGORY
     FUNCTION = "generate"
     RETURN_TYPES = (KEYPOINTS_TYPE,)
     RETURN_NAMES = ("keypoints",)

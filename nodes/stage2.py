@@ -40,7 +40,16 @@ from mmgt_core.video.settings import RELEASED, VideoSettings
 from mmgt_core.video.vae_codec import VAE_SCALING, decode_latents
 
 from . import host
-from .common import DTYPE_INPUT, KEYPOINTS_TYPE, LOGGER, audio_to_mono, node_errors
+from .common import (
+    AUDIO_CATEGORY,
+    DTYPE_INPUT,
+    KEYPOINTS_TYPE,
+    LOADERS_CATEGORY,
+    LOGGER,
+    SAMPLING_CATEGORY,
+    audio_to_mono,
+    node_errors,
+)
 from .model_files import all_problems, choices, validate_file, validate_number
 
 LARGE_DECODE_BYTES = 4 * 2**30  # a whole-video IMAGE decode above this gets a warning naming the streaming node
@@ -98,7 +107,7 @@ class LoadVideoNet:
     DESCRIPTION = ("Loads the Stage-II video network: the official net-*.pth (ReferenceNet, 3D UNet with motion and "
                    "MM-HAA audio modules, PoseGuider, AudioProj; opened safely and loaded strictly) or an MMGT "
                    ".safetensors.")
-    CATEGORY = "MMGT/loaders"
+    CATEGORY = LOADERS_CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (VIDEO_NET_TYPE,)
     RETURN_NAMES = ("video_net",)
@@ -125,7 +134,7 @@ class LoadVideoNet:
 
 class LoadVAE:
     DESCRIPTION = "Loads a diffusers AutoencoderKL folder (sd-vae-ft-mse) from models/mmgt for MMGT."
-    CATEGORY = "MMGT/loaders"
+    CATEGORY = LOADERS_CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (MMGT_VAE_TYPE,)
     RETURN_NAMES = ("mmgt_vae",)
@@ -149,7 +158,7 @@ class LoadVAE:
 class LoadImageEncoder:
     DESCRIPTION = ("Loads the CLIP ViT-L/14 image encoder with projection (image_encoder folder of "
                    "sd-image-variations-diffusers) from models/mmgt, with the official preprocessing.")
-    CATEGORY = "MMGT/loaders"
+    CATEGORY = LOADERS_CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (IMAGE_ENCODER_TYPE,)
     RETURN_NAMES = ("image_encoder",)
@@ -173,7 +182,7 @@ class LoadImageEncoder:
 
 class LoadWav2Vec2:
     DESCRIPTION = "Loads wav2vec2-base-960h (a local Hugging Face folder in models/mmgt) for the MM-HAA audio features."
-    CATEGORY = "MMGT/loaders"
+    CATEGORY = LOADERS_CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (WAV2VEC_TYPE,)
     RETURN_NAMES = ("wav2vec2",)
@@ -196,7 +205,7 @@ class LoadWav2Vec2:
 class Stage2AudioFeatures:
     DESCRIPTION = ("wav2vec2 features for MM-HAA exactly as the official AudioProcessor makes them (CNN features "
                    "resampled to 25 fps before the transformer, all layer outputs), for any length of audio.")
-    CATEGORY = "MMGT/audio"
+    CATEGORY = AUDIO_CATEGORY
     FUNCTION = "encode"
     RETURN_TYPES = (STAGE2_AUDIO_TYPE, "INT", "STRING")
     RETURN_NAMES = ("audio_features", "frames", "notes")
@@ -260,7 +269,7 @@ class SampleVideo:
                    "frames and masks are drawn from them at the output size when needed, so any length fits in "
                    "bounded memory. A pose video (IMAGE) and hand-painted masks (MASK) are optional overrides. Any "
                    f"size whose sides are multiples of {SIZE_MULTIPLE}.")
-    CATEGORY = "MMGT/sampling"
+    CATEGORY = SAMPLING_CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = (LATENTS_TYPE, "LATENT")
     RETURN_NAMES = ("latents", "latent")
@@ -400,7 +409,7 @@ class DecodeVideo:
     DESCRIPTION = ("Decodes MMGT video latents to frames (IMAGE), a few frames at a time to bound memory, and "
                    "returns the driving audio cut to the video's length (silence in pose-only mode) and the fps, "
                    "ready for Create Video → Save Video.")
-    CATEGORY = "MMGT/sampling"
+    CATEGORY = SAMPLING_CATEGORY
     FUNCTION = "decode"
     RETURN_TYPES = ("IMAGE", "FLOAT", "AUDIO")
     RETURN_NAMES = ("frames", "fps", "audio")

@@ -13,10 +13,8 @@ from mmgt_core.keypoints import PoseSequence
 from mmgt_core.pose_detect.track import DEFAULT_MAX_GAP
 
 from . import host
-from .common import KEYPOINTS_TYPE, KeypointsWithNotes, image_to_uint8_frames, node_errors
+from .common import KEYPOINTS_TYPE, POSE_CATEGORY, KeypointsWithNotes, image_to_uint8_frames, node_errors
 from .model_files import choices, dwpose_paths, dwpose_problems
-
-CATEGORY = "MMGT/pose"
 
 
 def uint8_frames(images: torch.Tensor) -> Iterator[np.ndarray]:
@@ -76,7 +74,7 @@ class KeypointsFromPoseVideo:
                    "regions are meaningful), knees and ankles, points hidden under others, or scores; hand points "
                    "whose number cannot be told are kept for the hand region only. Needs the drawing's exact "
                    "colours: other drawing styles and H.264-compressed pose videos are refused.")
-    CATEGORY = CATEGORY
+    CATEGORY = POSE_CATEGORY
     FUNCTION = "recover"
     RETURN_TYPES = (KEYPOINTS_TYPE,)
     RETURN_NAMES = ("keypoints",)

@@ -13,7 +13,7 @@ from mmgt_core.pose_align import SOURCES, align_to_reference, blend_keypoints
 from mmgt_core.timeline import match_length, resample_frames, resample_keypoints
 
 from . import host
-from .common import KEYPOINTS_INPUT, KEYPOINTS_TYPE, KeypointsWithNotes, node_errors
+from .common import KEYPOINTS_INPUT, KEYPOINTS_TYPE, POSE_CATEGORY, KeypointsWithNotes, node_errors
 
 FPS_OUT_INPUT = ("FLOAT", {"default": float(VIDEO_FPS), "min": 1.0, "max": 240.0, "step": 0.001,
                            "tooltip": f"Wanted frame rate (MMGT works at {VIDEO_FPS})."})
@@ -56,7 +56,7 @@ class AlignKeypoints(KeypointsWithNotes):
 class BlendKeypoints:
     DESCRIPTION = ("Mixes two keypoint sequences part by part (body, face, hands): take each part from A, from B, "
                    "or blend them, e.g. SMGA lips and face with hand gestures from an external pose.")
-    CATEGORY = "MMGT/pose"
+    CATEGORY = POSE_CATEGORY
     FUNCTION = "blend"
     RETURN_TYPES = (KEYPOINTS_TYPE,)
     RETURN_NAMES = ("keypoints",)
@@ -84,7 +84,7 @@ class ResampleFrames:
     DESCRIPTION = ("Changes the frame rate of a frame batch without touching its duration (nearest frame in "
                    "time), e.g. a 30 fps pose video to MMGT's 25 fps, or the output video to any fps; with "
                    "frame_count > 0 it then trims or pads (repeating the last frame) to exactly that many frames.")
-    CATEGORY = "MMGT/pose"
+    CATEGORY = POSE_CATEGORY
     FUNCTION = "resample"
     RETURN_TYPES = ("IMAGE", "FLOAT", "STRING")
     RETURN_NAMES = ("frames", "fps", "notes")
@@ -132,7 +132,7 @@ class ResampleKeypoints(KeypointsWithNotes):
 class SaveKeypoints:
     DESCRIPTION = ("Saves keypoints to ComfyUI's output folder: MMGT .safetensors (exact, reloadable with MMGT Load "
                    "Keypoints) or POSE_KEYPOINT .json (OpenPose JSON for other tools).")
-    CATEGORY = "MMGT/pose"
+    CATEGORY = POSE_CATEGORY
     FUNCTION = "save"
     OUTPUT_NODE = True
     RETURN_TYPES = ()
