@@ -108,3 +108,21 @@ def test_frame_count_matches_the_official_rule(speech):
         frames = frame_count(n, 16000)
         assert n * 25 / 16000 <= frames < n * 25 / 16000 + 1 + 1e-9
         assert video_frame_count(n, 16000, 25) in (frames, frames - 1), "the written video fits the generated frames"
+
+
+def test_long_clips_are_checked_without_clip_sized_copies():
+    from mmgt_core.audio.notices import silent_share
+    from mmgt_core.audio.waveform import all_finite
+
+    rate = 16000
+    t = np.arange(rate * 3 + 123) / rate  # a partial last frame
+    wave = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    wave[rate:2 * rate] = 0.0  # one silent second of three
+    whole = silent_share(wave, rate, block_frames=10**6)
+    assert whole == pytest.approx(25 / 76)  # 25 of the 76 frames (75 + the partial one) are silent
+    assert silent_share(wave, rate, block_frames=7) == whole  # block boundaries change nothing
+    assert all_finite(wave, block=1000)
+    wave[2500] = np.inf  # in the third block
+    assert not all_finite(wave, block=1000)
+    same_rate = resample(wave, rate, rate)
+    assert np.shares_memory(same_rate.numpy(), wave)  # no 16 kHz copy when the rate already matches
