@@ -72,3 +72,20 @@ def test_fifteen_solver_steps_land_near_thirty_ddim_steps_on_the_tiny_net(tiny_n
           + ", ".join(f"15-step {k} {v:.4f}" for k, v in distances.items()))
     assert distances["unipc"] < 0.3  # measured 0.137
     assert distances["dpmpp_2m"] < 0.3  # measured 0.096; unrelated noise would be ≈1.4
+
+
+def test_ddim_updates_a_long_video_in_chunks_bit_for_bit_in_the_prediction_buffer():
+    """Across chunk borders the chunked update equals diffusers' whole-video step exactly, and no new tensor of
+    the video's size is returned (the guided prediction's memory is reused)."""
+    from mmgt_core.video.scheduler import DDIM_CHUNK_FRAMES, ddim_step
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (1, 4, 2 * DDIM_CHUNK_FRAMES + 5, 4, 4)
+    latents, velocity = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+    scheduler = make_scheduler()
+    timestep = inference_timesteps(scheduler, 30)[3]
+    expected = ddim_step(scheduler, velocity, timestep, latents)
+    stepped = scheduler_step(scheduler, velocity.clone(), timestep, latents)
+    assert torch.equal(stepped, expected)
+    buffer = velocity.clone()
+    assert scheduler_step(scheduler, buffer, timestep, latents).data_ptr() == buffer.data_ptr()

@@ -303,7 +303,7 @@ class VideoDenoiser:
                 _accumulate(guided, weight_sum, window, self._window(latents, timestep, window, prepared))
                 if window_done is not None:
                     window_done()
-        return guided / weight_sum.view(1, 1, -1, 1, 1)
+        return guided.div_(weight_sum.view(1, 1, -1, 1, 1))
 
 
 def sample_latents(

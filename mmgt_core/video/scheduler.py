@@ -57,11 +57,25 @@ def make_scheduler(name: str = "ddim", **overrides: Any) -> Any:
     return cls(**{key: value for key, value in config.items() if key in accepted})
 
 
+DDIM_CHUNK_FRAMES = 64
+"""Latent frames a DDIM update handles at a time: its temporaries stay this size, not the video's."""
+
+
 def scheduler_step(scheduler: Any, model_output: torch.Tensor, timestep: int | torch.Tensor,
                    latents: torch.Tensor) -> torch.Tensor:
-    """One update from ``timestep`` to the next: deterministic DDIM (eta 0), or the multistep solver's step."""
-    if isinstance(scheduler, DDIMScheduler):
-        return ddim_step(scheduler, model_output, timestep, latents)
+    """One update from ``timestep`` to the next: deterministic DDIM (eta 0), or the multistep solver's step.
+
+    DDIM writes the new latents into ``model_output`` (the caller's guided prediction, not used afterwards), a
+    chunk of frames at a time: the update is elementwise, so the result is bit for bit diffusers', and a long
+    video needs no full-length temporaries (at 512x512 each is 65 kB a frame). The multistep solvers keep their
+    history of whole predictions and run on the whole video.
+    """
+    if isinstance(scheduler, DDIMScheduler) and not scheduler.config.thresholding:
+        for start in range(0, latents.shape[2], DDIM_CHUNK_FRAMES):
+            frames = slice(start, start + DDIM_CHUNK_FRAMES)
+            model_output[:, :, frames] = ddim_step(scheduler, model_output[:, :, frames], timestep,
+                                                   latents[:, :, frames])
+        return model_output
     return scheduler.step(model_output, timestep, latents, return_dict=False)[0]
 
 
