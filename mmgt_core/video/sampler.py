@@ -19,8 +19,10 @@ windows are computed per window, and nothing of full resolution is kept for the 
 tensor                         shape                            bytes at 512x512, T = 15 000
 =============================  ===============================  =============================================
 latents (float32, CPU)         (1, 4, T, 64, 64)                65 536 B/frame = 0.98 GB; one step also holds
-                                                                the guided accumulator and DDIM's next latents
-                                                                of the same shape (about 3 x 0.98 GB at peak)
+                                                                the guided accumulator of the same shape, into
+                                                                which DDIM writes the next latents 64 frames at
+                                                                a time (2 x 0.98 GB at peak; the multistep
+                                                                solvers keep about 2 more whole predictions)
 audio tokens (net dtype)       (T, 32, 768)                     49 152 B/frame in fp16/bf16 = 0.74 GB
                                                                 (98 304 B/frame = 1.47 GB in fp32)
 keypoints (float32)            (T, 134, 3)                      1 608 B/frame = 24 MB
