@@ -8,7 +8,6 @@ command line (``--config run.yaml``); single fields are overridden with ``--set 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -182,9 +181,6 @@ class TrainVideoConfig:
             setattr(config, name, value)
         return config
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading and writing configs
@@ -251,7 +247,7 @@ def load_train_config(path: Union[str, Path], overrides: Optional[list[str]] = N
     for required in ("step", "manifest", "out_dir"):
         if required not in data:
             raise InputError("config", f"'{path}' has no '{required}' field.", "Add it (see training/README.md).")
-    base = TrainVideoConfig.for_step(int(data["step"]), data["manifest"], data["out_dir"]).to_dict()
+    base = asdict(TrainVideoConfig.for_step(int(data["step"]), data["manifest"], data["out_dir"]))
     merged = _deep_merge(base, data)
     config = from_dict(TrainVideoConfig, merged)
     return apply_overrides(config, overrides or [])
@@ -279,15 +275,8 @@ def apply_overrides(config: T, overrides: list[str]) -> T:
         target: Any = config
         for part in parents:
             target = getattr(target, part, None)
-            if target is None or not is_dataclass(target):
-                raise InputError("--set", f"'{dotted}' does not name a config field.", "See the run's config.yaml.")
-        if name not in {f.name for f in fields(target)}:
+        if not is_dataclass(target) or name not in {f.name for f in fields(target)}:
             raise InputError("--set", f"'{dotted}' does not name a config field.", "See the run's config.yaml.")
         hint = get_type_hints(type(target))[name]
         setattr(target, name, _convert(hint, yaml.safe_load(raw)))
     return config
-
-
-def replace(config: T, **changes: Any) -> T:
-    """``dataclasses.replace`` re-exported for callers that build configs in code."""
-    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
