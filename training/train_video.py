@@ -141,7 +141,7 @@ def load_pose_guider_init(net: VideoNet, path: str) -> None:
     strict_load(net.pose_guider, picked, "PoseGuider", path, may_lack=lambda k: k.startswith("conv_out."))
 
 
-def load_motion_module(net: VideoNet, path: str) -> int:
+def load_motion_module(net: VideoNet, path: str) -> None:
     """AnimateDiff v2 motion weights (``down_blocks.0.motion_modules.0...``) into the denoising UNet."""
     state, _ = load_weights(path)
     motion = {f"denoising_unet.{k}": v for k, v in state.items() if ".motion_modules." in k}
@@ -149,7 +149,6 @@ def load_motion_module(net: VideoNet, path: str) -> int:
     if not motion:
         raise WeightsError(f"'{path}' holds no motion-module weights; use AnimateDiff's mm_sd_v15_v2.ckpt.")
     strict_load(net, motion, TRAINED_NET, path, may_lack=lambda k: k not in own)
-    return len(motion)
 
 
 def build_net(config: TrainVideoConfig, full: VideoNetConfig) -> VideoNet:
@@ -180,16 +179,12 @@ def build_net(config: TrainVideoConfig, full: VideoNetConfig) -> VideoNet:
 def trainable_names(net: VideoNet, step: int) -> list[str]:
     """Official trainable sets: step 1 = denoiser + ReferenceNet but up_blocks.3 + PoseGuider; step 2 = motion and
     audio modules + AudioProj."""
-    names = []
-    for name, _ in net.named_parameters():
-        if step == 1:
-            keep = name.startswith(("denoising_unet.", "pose_guider.")) or (
-                name.startswith("reference_unet.") and "up_blocks.3" not in name)
-        else:
-            keep = name.startswith("audioproj.") or (name.startswith("denoising_unet.") and _is_temporal_or_audio(name))
-        if keep:
-            names.append(name)
-    return names
+    names = [name for name, _ in net.named_parameters()]
+    if step == 1:
+        return [name for name in names if name.startswith(("denoising_unet.", "pose_guider.")) or (
+            name.startswith("reference_unet.") and "up_blocks.3" not in name)]
+    return [name for name in names
+            if name.startswith("audioproj.") or (name.startswith("denoising_unet.") and _is_temporal_or_audio(name))]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,22 +227,18 @@ class NoiseDraw:
     image_keep: torch.Tensor
     audio_keep: torch.Tensor
 
-    def to(self, device: torch.device) -> NoiseDraw:
-        return NoiseDraw(*(value.to(device) for value in (self.noise, self.timesteps, self.image_keep,
-                                                          self.audio_keep)))
 
-
-def draw_noise(config: TrainVideoConfig, shape: torch.Size, generator: torch.Generator,
+def draw_noise(config: TrainVideoConfig, shape: torch.Size, generator: torch.Generator, device: torch.device,
                drop_conditions: bool = True) -> NoiseDraw:
     """Offset noise of ``shape`` (B, C, F, h, w), uniform timesteps and the condition dropout, drawn in a fixed
-    order from ``generator`` (a resumed run draws the same numbers)."""
+    order from the CPU ``generator`` (a resumed run draws the same numbers), then moved to ``device``."""
     rows, diffusion = shape[0], config.diffusion
     noise = torch.randn(shape, generator=generator)
     noise += diffusion.noise_offset * torch.randn((rows, shape[1], 1, 1, 1), generator=generator)
     timesteps = torch.randint(0, diffusion.num_train_timesteps, (rows,), generator=generator)
     image_keep = torch.rand(rows, generator=generator) >= (config.dropout.image if drop_conditions else 0.0)
     audio_keep = torch.rand(rows, generator=generator) >= (config.dropout.audio if drop_conditions else 0.0)
-    return NoiseDraw(noise, timesteps, image_keep, audio_keep)
+    return NoiseDraw(*(value.to(device) for value in (noise, timesteps, image_keep, audio_keep)))
 
 
 def min_snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
@@ -284,10 +275,6 @@ def checkpoint_dirs(out_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _write_trainable(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(folder / TRAINABLE_FILE))
-
-
 def _write_optimizer_state(folder: Path, payload: dict[str, Any]) -> None:
     torch.save(payload, folder / OPTIMIZER_FILE)
 
@@ -302,7 +289,7 @@ def save_checkpoint(out_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     shutil.rmtree(temp, ignore_errors=True)
     try:
         temp.mkdir()
-        _write_trainable(temp, trainable)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in trainable.items()}, str(temp / TRAINABLE_FILE))
         _write_optimizer_state(temp, optimizer_payload)
         write_json_atomically(state, temp / STATE_FILE)  # last: marks the folder as complete
         replace_folder(temp, final)
@@ -384,7 +371,7 @@ class VideoTrainer:
         self.net, self.trainable = self._trainable_net()
         self.module = VideoTrainingModule(self.net, config.step, tuple(config.train_branch_weights))
         self.scheduler = make_scheduler(**scheduler_overrides(config))
-        self.vae, self.clip = load_frozen_encoders(config, self.device, frozen_dtype(self.accelerator))
+        self.vae, self.clip = load_frozen_encoders(config, self.accelerator)
         self.optimizer, self.lr_schedule = self._optimizer_with_warmup()
         self.model, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         examples = ImagePairExamples if config.step == 1 else VideoClipExamples
@@ -448,7 +435,7 @@ class VideoTrainer:
         """Latents, noise, timesteps, v-target, CLIP/reference/pose/audio/mask inputs of one batch."""
         device = self.device
         latents, reference_latents, embeds = self.encode_conditions(batch, generator)
-        drawn = draw_noise(self.config, latents.shape, generator, drop_conditions).to(device)
+        drawn = draw_noise(self.config, latents.shape, generator, device, drop_conditions)
         inputs = {
             "noisy": self.scheduler.add_noise(latents, drawn.noise, drawn.timesteps),
             "target": self.scheduler.get_velocity(latents, drawn.noise, drawn.timesteps),
@@ -483,9 +470,7 @@ class VideoTrainer:
         """Accumulate the micro-batches, clip, step; returns the mean loss (over micro-batches and processes)."""
         total = 0.0
         for micro, batch in enumerate(batches):
-            syncing = micro == len(batches) - 1
-            context = self.accelerator.no_sync(self.model) if not syncing else nullcontext()
-            with context:
+            with self.accelerator.no_sync(self.model) if micro < len(batches) - 1 else nullcontext():
                 loss = self.loss(batch, self.generator(step, micro)) / len(batches)
                 self.accelerator.backward(loss)
             total += float(self.accelerator.reduce(loss.detach(), "mean"))
@@ -497,21 +482,17 @@ class VideoTrainer:
 
     # ----- checkpoints
 
-    def checkpoint_payload(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        params = dict(self.unwrapped.named_parameters())
-        trainable = {name: params[name] for name in self.trainable}
-        payload = {"optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict()}
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None:
-            payload["scaler"] = scaler.state_dict()
-        return trainable, payload
-
     def save_checkpoint(self, step: int) -> Optional[Path]:
         """Main process writes the checkpoint of the weights after ``step`` optimizer steps."""
         self.accelerator.wait_for_everyone()
         path = None
         if self.accelerator.is_main_process:
-            trainable, payload = self.checkpoint_payload()
+            params = dict(self.unwrapped.named_parameters())
+            trainable = {name: params[name] for name in self.trainable}
+            payload = {"optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict()}
+            scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is not None:
+                payload["scaler"] = scaler.state_dict()
             state = {"step": step, "train_step": self.config.step, "net": self.full_config.to_dict(),
                      "trainable": len(trainable), "time": time.time()}
             path = save_checkpoint(self.out, step, trainable, payload, state, self.config.checkpoint.keep_last)
@@ -558,21 +539,23 @@ class VideoTrainer:
         was_training = net.training
         net.eval()
         try:
-            path = render_validation(net, self.vae, self.clip, self.manifest, self.config, step, self.out)
+            return render_validation(net, self.vae, self.clip, self.manifest, self.config, step, self.out)
         finally:
             net.train(was_training)
-        return path
 
     # ----- the loop
 
     def train(self, progress: OptionalProgress = None, check_cancel: OptionalCancel = None) -> TrainResult:
         """Run from the newest checkpoint (or step 0) to ``optim.max_steps``; export at the end."""
+        from tqdm.auto import tqdm
+
         config = self.config
         start = self.resume()
         if self.accelerator.is_main_process:
             save_config(config, self.out / "config.yaml")
         losses, videos, last_checkpoint, saved_at = [], [], None, start
-        bar = _progress_bar(start, config.optim.max_steps, self.accelerator.is_local_main_process)
+        bar = tqdm(total=config.optim.max_steps, initial=start, desc="train", unit="step",
+                   disable=not self.accelerator.is_local_main_process)
         try:
             for step, batches in self._micro_batches(start):
                 if check_cancel is not None:
@@ -611,7 +594,6 @@ class VideoTrainer:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if self.accelerator.is_main_process and (step % max(self.config.log_every, 1) == 0 or step == 1):
-            self.out.mkdir(parents=True, exist_ok=True)
             with open(self.out / LOG_FILE, "a", encoding="utf-8") as log:
                 log.write(json.dumps({"step": step, "loss": loss, "lr": self.lr_schedule.get_last_lr()[0]}) + "\n")
 
@@ -623,27 +605,12 @@ class VideoTrainer:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _progress_bar(start: int, total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Checks and set-up
 
 
 def checked_manifest(config: TrainVideoConfig) -> Manifest:
     """Refuse a config that cannot work, then read the manifest (with this step's files), before any model loads."""
-    check_config(config)
-    manifest = load_manifest(config.manifest, require=STEP_FILES[config.step])
-    if config.optim.optimizer == "adamw8bit":
-        _bitsandbytes()
-    return manifest
-
-
-def check_config(config: TrainVideoConfig) -> None:
-    """Refuse settings that cannot work, before anything is loaded."""
     data, diffusion = config.data, config.diffusion
     if data.width % SIZE_MULTIPLE or data.height % SIZE_MULTIPLE:
         raise InputError("data.width/height", f"{data.width}x{data.height} is not a multiple of {SIZE_MULTIPLE}.",
@@ -660,6 +627,10 @@ def check_config(config: TrainVideoConfig) -> None:
     if not config.models.vae or not config.models.image_encoder:
         raise InputError("models", "models.vae and models.image_encoder are required.",
                          "Point them to sd-vae-ft-mse and sd-image-variations-diffusers/image_encoder.")
+    manifest = load_manifest(config.manifest, require=STEP_FILES[config.step])
+    if config.optim.optimizer == "adamw8bit":
+        _bitsandbytes()
+    return manifest
 
 
 def check_dims(config: TrainVideoConfig, net: VideoNetConfig, manifest: Manifest) -> None:
@@ -692,15 +663,13 @@ def make_accelerator(config: TrainVideoConfig) -> Any:
     return Accelerator(mixed_precision=precision, cpu=on_cpu, kwargs_handlers=handlers)
 
 
-def frozen_dtype(accelerator: Any) -> torch.dtype:
-    """dtype of the frozen VAE and CLIP encoder: the mixed-precision dtype, else float32."""
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(accelerator.mixed_precision), torch.float32)
-
-
-def load_frozen_encoders(config: TrainVideoConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """The VAE (diffusers folder) and the CLIP image encoder, frozen in eval mode."""
+def load_frozen_encoders(config: TrainVideoConfig, accelerator: Any) -> tuple[Any, Any]:
+    """The VAE (diffusers folder) and the CLIP image encoder, frozen in eval mode, on the accelerator's device in
+    its mixed-precision dtype (else float32)."""
     from mmgt_core.pretrained import load_vae
 
+    device = accelerator.device
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(accelerator.mixed_precision), torch.float32)
     vae = load_vae(config.models.vae, device, dtype).requires_grad_(False)
     clip = load_clip_image_encoder(config.models.image_encoder, device=device, dtype=dtype).requires_grad_(False)
     return vae, clip
