@@ -194,8 +194,7 @@ def from_dict(kind: type[T], data: dict[str, Any]) -> T:
     if unknown:
         raise InputError("config", f"unknown {kind.__name__} field(s): {', '.join(unknown)}.",
                          f"Use only: {', '.join(sorted(known))}.")
-    values = {name: _convert(hints[name], value) for name, value in data.items()}
-    return kind(**values)
+    return kind(**{name: _convert(hints[name], value) for name, value in data.items()})
 
 
 def _convert(hint: Any, value: Any) -> Any:
@@ -217,12 +216,7 @@ def _number(text: str) -> Any:
 
 
 def _dataclass_in(hint: Any) -> Optional[type]:
-    if is_dataclass(hint):
-        return hint  # type: ignore[return-value]
-    for arg in get_args(hint):
-        if is_dataclass(arg):
-            return arg  # type: ignore[return-value]
-    return None
+    return next((kind for kind in (hint, *get_args(hint)) if is_dataclass(kind)), None)
 
 
 def _is_tuple(hint: Any) -> bool:
@@ -248,9 +242,7 @@ def load_train_config(path: Union[str, Path], overrides: Optional[list[str]] = N
         if required not in data:
             raise InputError("config", f"'{path}' has no '{required}' field.", "Add it (see training/README.md).")
     base = asdict(TrainVideoConfig.for_step(int(data["step"]), data["manifest"], data["out_dir"]))
-    merged = _deep_merge(base, data)
-    config = from_dict(TrainVideoConfig, merged)
-    return apply_overrides(config, overrides or [])
+    return apply_overrides(from_dict(TrainVideoConfig, _deep_merge(base, data)), overrides or [])
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
