@@ -153,25 +153,22 @@ def load_motion_module(net: VideoNet, path: str) -> None:
 
 def build_net(config: TrainVideoConfig, full: VideoNetConfig) -> VideoNet:
     """The network of this step with its initial weights (seeded, so frozen random parts are reproducible)."""
-    models = config.models
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        net = VideoNet(image_only(full) if config.step == 1 else full, zero_init=True)
-    if config.step == 1:
-        if models.base_unet:
-            load_base_unet(net, models.base_unet)
-        if models.init_net:
-            state, _ = load_weights(models.init_net)
-            strict_load(net, state, TRAINED_NET, models.init_net, may_ignore=_is_temporal_or_audio)
-        if models.pose_guider_init:
-            load_pose_guider_init(net, models.pose_guider_init)
-        return net
-    if not models.init_net:
+    models, step1 = config.models, config.step == 1
+    if not step1 and not models.init_net:
         raise InputError("models.init_net", "step 2 starts from the step-1 network.",
                          "Set models.init_net to the step-1 export (mmgt_video_step1.safetensors).")
-    state, _ = load_weights(models.init_net)
-    strict_load(net, state, TRAINED_NET, models.init_net, may_lack=_is_temporal_or_audio)
-    if models.motion_module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = VideoNet(image_only(full) if step1 else full, zero_init=True)
+    if step1 and models.base_unet:
+        load_base_unet(net, models.base_unet)
+    if models.init_net:  # step 1 takes only the 2D parts of a video net, step 2 all but what it adds
+        state, _ = load_weights(models.init_net)
+        allowance = {"may_ignore" if step1 else "may_lack": _is_temporal_or_audio}
+        strict_load(net, state, TRAINED_NET, models.init_net, **allowance)
+    if step1 and models.pose_guider_init:
+        load_pose_guider_init(net, models.pose_guider_init)
+    if not step1 and models.motion_module:
         load_motion_module(net, models.motion_module)
     return net
 
@@ -425,9 +422,8 @@ class VideoTrainer:
         """The training loss of one batch (noise, timesteps and condition dropout drawn from ``generator``)."""
         inputs = self.model_inputs(batch, generator, drop_conditions)
         target = inputs.pop("target")
-        prediction = self.model(**inputs)
         diffusion = self.config.diffusion
-        return diffusion_loss(prediction, target, inputs["timesteps"], self.scheduler, diffusion.snr_gamma,
+        return diffusion_loss(self.model(**inputs), target, inputs["timesteps"], self.scheduler, diffusion.snr_gamma,
                               diffusion.prediction_type)
 
     def model_inputs(self, batch: dict[str, Any], generator: torch.Generator,
@@ -554,9 +550,8 @@ class VideoTrainer:
         if self.accelerator.is_main_process:
             save_config(config, self.out / "config.yaml")
         losses, videos, last_checkpoint, saved_at = [], [], None, start
-        bar = tqdm(total=config.optim.max_steps, initial=start, desc="train", unit="step",
-                   disable=not self.accelerator.is_local_main_process)
-        try:
+        with tqdm(total=config.optim.max_steps, initial=start, desc="train", unit="step",
+                  disable=not self.accelerator.is_local_main_process) as bar:
             for step, batches in self._micro_batches(start):
                 if check_cancel is not None:
                     check_cancel()
@@ -570,8 +565,6 @@ class VideoTrainer:
                     last_checkpoint, saved_at = self.save_checkpoint(self.step), self.step
                 if config.validation.every and self.step % config.validation.every == 0:
                     videos.append(self.validate(self.step))
-        finally:
-            bar.close()
         if self.step > saved_at:  # always end on a checkpoint, so a later run with more steps continues here
             last_checkpoint = self.save_checkpoint(self.step)
         return TrainResult(self.export(), self.step, losses, last_checkpoint, [v for v in videos if v is not None])
@@ -718,9 +711,7 @@ def render_validation(net: VideoNet, vae: Any, clip: Any, manifest: Manifest, co
     box = full_frame_box(manifest.width, manifest.height, (width, height))
     reference = box.apply_frames(prepared.frames.read([0]))[0]
     keypoints = torch.from_numpy(box.apply_keypoints(prepared.keypoints[:frames]))
-    features = None
-    if config.step == 2:
-        features = prepared.audio_windows(list(range(frames)), 0)[:, 0]
+    features = prepared.audio_windows(list(range(frames)), 0)[:, 0] if config.step == 2 else None
     inputs = VideoInputs(reference, keypoints=PoseSequence(keypoints, width, height, manifest.fps),
                          audio_features=features, hide_legs=config.data.mask_legs)
     render = VideoSettings(width=width, height=height, seed=config.seed, steps=settings.steps,
