@@ -47,15 +47,17 @@ from torch.utils.data import DataLoader
 from mmgt_core.constants import SIZE_MULTIPLE
 from mmgt_core.errors import InputError, MMGTError, WeightsError
 from mmgt_core.files import replace_folder, write_json_atomically
+from mmgt_core.pretrained import load_pretrained, load_vae
 from mmgt_core.types import OptionalCancel, OptionalProgress
 from mmgt_core.video.conditioning import clip_image_embeds, load_clip_image_encoder
-from mmgt_core.video.config import RELEASED_BRANCH_WEIGHTS, VideoNetConfig
+from mmgt_core.video.config import RELEASED_BRANCH_WEIGHTS, AudioProjConfig, VideoNetConfig
 from mmgt_core.video.net import VideoNet
 from mmgt_core.video.scheduler import make_scheduler
 from mmgt_core.video.vae_codec import encode_images
 from mmgt_core.weights import COMPONENT_VIDEO_NET, load_weights, read_config, save_weights, strict_load
 
 from .config import TrainVideoConfig, apply_overrides, load_train_config, save_config
+from .smga_data import read_wav
 from .video_data import (
     STEP_FILES,
     ImagePairExamples,
@@ -102,8 +104,6 @@ def resolve_net_config(config: TrainVideoConfig, manifest: Manifest) -> VideoNet
         full = stored.get(TRAINING_META_KEY, {}).get("full_net") or stored
         return VideoNetConfig.from_dict(full) if full else VideoNetConfig.sd15()
     if models.base_unet:
-        from mmgt_core.video.config import AudioProjConfig
-
         audio_proj = AudioProjConfig(blocks=manifest.wav2vec_layers, channels=manifest.wav2vec_hidden)
         return VideoNetConfig.from_diffusers_unet_config(Path(models.base_unet) / "config.json",
                                                          audio_proj=audio_proj)
@@ -119,8 +119,6 @@ def _is_temporal_or_audio(key: str) -> bool:
 def load_base_unet(net: VideoNet, folder: str) -> None:
     """SD-layout UNet weights (diffusers folder) into both UNets; the ReferenceNet has no conv_norm_out/conv_out."""
     from diffusers import UNet2DConditionModel
-
-    from mmgt_core.pretrained import load_pretrained
 
     unet = load_pretrained(UNet2DConditionModel, folder, "base UNet", fix="Use a diffusers 'unet' folder "
                            "(official step 1: sd-image-variations-diffusers/unet).")
@@ -262,14 +260,8 @@ def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, timesteps: to
 
 def checkpoint_dirs(out_dir: Path) -> list[tuple[int, Path]]:
     """Finished checkpoints (a folder ``step-NNNNNNNN`` holding state.json), oldest first."""
-    root = Path(out_dir) / CHECKPOINT_DIR
-    found = []
-    if root.is_dir():
-        for child in root.iterdir():
-            match = _STEP_DIR.match(child.name)
-            if match and (child / STATE_FILE).is_file():
-                found.append((int(match.group(1)), child))
-    return sorted(found)
+    found = [(child, _STEP_DIR.match(child.name)) for child in (Path(out_dir) / CHECKPOINT_DIR).glob("step-*")]
+    return sorted((int(match.group(1)), child) for child, match in found if match and (child / STATE_FILE).is_file())
 
 
 def _write_optimizer_state(folder: Path, payload: dict[str, Any]) -> None:
@@ -300,10 +292,8 @@ def save_checkpoint(out_dir: Path, step: int, trainable: dict[str, torch.Tensor]
 def remove_unfinished_checkpoints(out_dir: Path) -> None:
     """Delete temporary folders left by a process killed while saving."""
     root = Path(out_dir) / CHECKPOINT_DIR
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.name.startswith((".tmp-step-", ".old-step-")):  # .old-*: see replace_folder
-                shutil.rmtree(child, ignore_errors=True)
+    for child in [*root.glob(".tmp-step-*"), *root.glob(".old-step-*")]:  # .old-*: see replace_folder
+        shutil.rmtree(child, ignore_errors=True)
 
 
 def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
@@ -649,9 +639,7 @@ def make_accelerator(config: TrainVideoConfig) -> Any:
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-    precision = config.optim.mixed_precision
-    if on_cpu and precision == "fp16":
-        precision = "bf16"
+    precision = "bf16" if on_cpu and config.optim.mixed_precision == "fp16" else config.optim.mixed_precision
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # uncond batches skip the ReferenceNet
     return Accelerator(mixed_precision=precision, cpu=on_cpu, kwargs_handlers=handlers)
 
@@ -659,8 +647,6 @@ def make_accelerator(config: TrainVideoConfig) -> Any:
 def load_frozen_encoders(config: TrainVideoConfig, accelerator: Any) -> tuple[Any, Any]:
     """The VAE (diffusers folder) and the CLIP image encoder, frozen in eval mode, on the accelerator's device in
     its mixed-precision dtype (else float32)."""
-    from mmgt_core.pretrained import load_vae
-
     device = accelerator.device
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(accelerator.mixed_precision), torch.float32)
     vae = load_vae(config.models.vae, device, dtype).requires_grad_(False)
@@ -700,8 +686,6 @@ def render_validation(net: VideoNet, vae: Any, clip: Any, manifest: Manifest, co
     from mmgt_core.media import write_mp4
     from mmgt_core.pipeline import VideoInputs, VideoPipeline
     from mmgt_core.video.settings import VideoSettings
-
-    from .smga_data import read_wav
 
     settings = config.validation
     entry = manifest.clips[min(settings.clip_index, len(manifest.clips) - 1)]
