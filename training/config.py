@@ -248,10 +248,8 @@ def load_train_config(path: Union[str, Path], overrides: Optional[list[str]] = N
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "net_config":
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict) and key != "net_config"
+        out[key] = _deep_merge(out[key], value) if nested else value
     return out
 
 

@@ -46,6 +46,7 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import save_file
 from scipy.io import wavfile
 
@@ -505,8 +506,7 @@ def _truncate_frames(folder: Path, frames: int) -> None:
     offsets = np.load(index_path)
     if offsets.shape[0] - 1 > frames:
         np.save(index_path, offsets[:frames + 1])
-        with open(folder / FRAMES_BIN, "r+b") as handle:
-            handle.truncate(int(offsets[frames]))
+        os.truncate(folder / FRAMES_BIN, int(offsets[frames]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -639,8 +639,6 @@ def _finish(config: PrepareConfig, results: list[FileResult], audio_models: Opti
 def _feature_dims(config: PrepareConfig, out: Path, entries: list[ClipEntry],
                   audio_models: Optional[AudioModels]) -> dict[str, int]:
     """Feature sizes, read from a prepared clip (so a run where everything was already done needs no model)."""
-    from safetensors import safe_open
-
     if audio_models is not None:
         return audio_models.dims()
     dims = {"wav2vec_layers": 0, "wav2vec_hidden": 0, "stage1_feature_dim": 0}

@@ -75,9 +75,7 @@ def use_bf16(setting: str, device: torch.device) -> bool:
         raise InputError("bf16", f"unknown setting '{setting}'.", "Use auto, on or off.")
     if setting != "auto":
         return setting == "on"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu"
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu"
 
 
 def make_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -239,8 +239,7 @@ class PreparedClip:
         first, last = max(min(frames) - margin, 0), min(max(frames) + margin, self.entry.frames - 1)
         with safe_open(str(self._wav2vec), framework="pt") as handle:
             part = handle.get_slice("features")[first:last + 1].float()
-        local = torch.as_tensor(frames) - first
-        return audio_context_windows(part, margin, local)
+        return audio_context_windows(part, margin, torch.as_tensor(frames) - first)
 
 
 # ---------------------------------------------------------------------------------------------------------------
