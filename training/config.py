@@ -8,7 +8,6 @@ command line (``--config run.yaml``); single fields are overridden with ``--set 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -182,9 +181,6 @@ class TrainVideoConfig:
             setattr(config, name, value)
         return config
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading and writing configs
@@ -198,8 +194,7 @@ def from_dict(kind: type[T], data: dict[str, Any]) -> T:
     if unknown:
         raise InputError("config", f"unknown {kind.__name__} field(s): {', '.join(unknown)}.",
                          f"Use only: {', '.join(sorted(known))}.")
-    values = {name: _convert(hints[name], value) for name, value in data.items()}
-    return kind(**values)
+    return kind(**{name: _convert(hints[name], value) for name, value in data.items()})
 
 
 def _convert(hint: Any, value: Any) -> Any:
@@ -221,12 +216,7 @@ def _number(text: str) -> Any:
 
 
 def _dataclass_in(hint: Any) -> Optional[type]:
-    if is_dataclass(hint):
-        return hint  # type: ignore[return-value]
-    for arg in get_args(hint):
-        if is_dataclass(arg):
-            return arg  # type: ignore[return-value]
-    return None
+    return next((kind for kind in (hint, *get_args(hint)) if is_dataclass(kind)), None)
 
 
 def _is_tuple(hint: Any) -> bool:
@@ -251,19 +241,15 @@ def load_train_config(path: Union[str, Path], overrides: Optional[list[str]] = N
     for required in ("step", "manifest", "out_dir"):
         if required not in data:
             raise InputError("config", f"'{path}' has no '{required}' field.", "Add it (see training/README.md).")
-    base = TrainVideoConfig.for_step(int(data["step"]), data["manifest"], data["out_dir"]).to_dict()
-    merged = _deep_merge(base, data)
-    config = from_dict(TrainVideoConfig, merged)
-    return apply_overrides(config, overrides or [])
+    base = asdict(TrainVideoConfig.for_step(int(data["step"]), data["manifest"], data["out_dir"]))
+    return apply_overrides(from_dict(TrainVideoConfig, _deep_merge(base, data)), overrides or [])
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "net_config":
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict) and key != "net_config"
+        out[key] = _deep_merge(out[key], value) if nested else value
     return out
 
 
@@ -279,15 +265,8 @@ def apply_overrides(config: T, overrides: list[str]) -> T:
         target: Any = config
         for part in parents:
             target = getattr(target, part, None)
-            if target is None or not is_dataclass(target):
-                raise InputError("--set", f"'{dotted}' does not name a config field.", "See the run's config.yaml.")
-        if name not in {f.name for f in fields(target)}:
+        if not is_dataclass(target) or name not in {f.name for f in fields(target)}:
             raise InputError("--set", f"'{dotted}' does not name a config field.", "See the run's config.yaml.")
         hint = get_type_hints(type(target))[name]
         setattr(target, name, _convert(hint, yaml.safe_load(raw)))
     return config
-
-
-def replace(config: T, **changes: Any) -> T:
-    """``dataclasses.replace`` re-exported for callers that build configs in code."""
-    return dataclasses.replace(config, **changes)  # type: ignore[type-var]

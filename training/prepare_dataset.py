@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import importlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -45,6 +46,7 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import save_file
 from scipy.io import wavfile
 
@@ -78,8 +80,6 @@ from .video_data import (
 SAMPLES_PER_FRAME = ENCODER_SAMPLE_RATE // VIDEO_FPS  # 640 samples of 16 kHz audio per 25 fps frame
 RESIZE_RULE = "centre crop to the output aspect ratio, then one LANCZOS resize of the crop box to W x H"
 SUMMARY_NAME = "prepare_summary.json"
-STAGE2_CLIP_FRAMES = 12
-STAGE2_AUDIO_MARGIN = 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -95,13 +95,14 @@ class PoseBackend(Protocol):
 
     name: str
 
-    def start(self, video: Path) -> None: ...
+    def start(self, video: Path) -> None:
+        """Nothing to load per video unless a back end says otherwise."""
 
     def __call__(self, frame: np.ndarray, source_index: int,
                  to_frame: Callable[[np.ndarray], np.ndarray]) -> Optional[np.ndarray]: ...
 
 
-class DWPoseBackend:
+class DWPoseBackend(PoseBackend):
     """The official detector (YOLOX-L + RTMPose ONNX) on every prepared frame; the largest person is kept."""
 
     name = "dwpose"
@@ -116,9 +117,6 @@ class DWPoseBackend:
         files.check()
         self.estimator = DWPoseEstimator(files)
 
-    def start(self, video: Path) -> None:
-        """Nothing to load per video."""
-
     def __call__(self, frame: np.ndarray, source_index: int,
                  to_frame: Callable[[np.ndarray], np.ndarray]) -> Optional[np.ndarray]:
         found = self.estimator(frame, "largest")
@@ -127,13 +125,10 @@ class DWPoseBackend:
         return found.keypoints
 
 
-class MediaPipeBackend:
+class MediaPipeBackend(PoseBackend):
     """The approximate MediaPipe fallback of ``mmgt_core.pose_detect`` (needs the optional mediapipe package)."""
 
     name = "mediapipe"
-
-    def start(self, video: Path) -> None:
-        """Nothing to load per video."""
 
     def __call__(self, frame: np.ndarray, source_index: int,
                  to_frame: Callable[[np.ndarray], np.ndarray]) -> Optional[np.ndarray]:
@@ -143,7 +138,7 @@ class MediaPipeBackend:
         return found.keypoints if found.person_found else None
 
 
-class SidecarBackend:
+class SidecarBackend(PoseBackend):
     """Keypoints already known for the source video: ``NAME<suffix>`` (source frames, 134, 3) beside ``NAME.ext``."""
 
     name = "sidecar"
@@ -264,9 +259,6 @@ class VideoProbe:
     audio_start: float
     interval_spread: float  # (max - min) / median of frame intervals; 0 for constant frame rate
 
-    def is_vfr(self, tolerance: float) -> bool:
-        return self.interval_spread > tolerance
-
 
 def probe_video(path: Path) -> VideoProbe:
     """Stream facts and frame-interval regularity; raises SkipVideo for unreadable files."""
@@ -295,9 +287,7 @@ def _interval_spread(times: list[float]) -> float:
         return 0.0
     intervals = np.diff(np.asarray(times))
     median = float(np.median(intervals))
-    if median <= 0:
-        return float("inf")
-    return float((intervals.max() - intervals.min()) / median)
+    return float((intervals.max() - intervals.min()) / median) if median > 0 else float("inf")
 
 
 def resampled_frames(path: Path, fps: float) -> Iterator[tuple[int, np.ndarray, list[int]]]:
@@ -413,7 +403,7 @@ class VideoPreparer:
         probe = probe_video(video)
         if not probe.has_audio:
             raise SkipVideo("no audio track")
-        if probe.is_vfr(config.vfr_tolerance) and config.vfr != "resample":
+        if probe.interval_spread > config.vfr_tolerance and config.vfr != "resample":
             raise SkipVideo(f"variable frame rate (frame intervals spread {probe.interval_spread:.0%} of the "
                             "median); use --vfr resample to resample it by timestamps")
         work = self.out / "clips" / f".tmp-{clip_id}-{os.getpid()}"
@@ -443,7 +433,7 @@ class VideoPreparer:
         stage1 = self.audio.stage1(wave16k, frames)
         self._write_stage1(work, clip_id, keypoints, wave16k, stage1)
         windows = window_starts(frames, frames, config.stage1_window, config.stage1_stride)
-        starts = stage2_start_range(frames, STAGE2_CLIP_FRAMES, STAGE2_AUDIO_MARGIN)
+        starts = stage2_start_range(frames)  # the official 12-frame clips with +-2 audio frames
         paths = {"frames": f"clips/{clip_id}/{FRAMES_BIN}", "frames_index": f"clips/{clip_id}/{FRAMES_INDEX}",
                  "keypoints": f"clips/{clip_id}/{KEYPOINTS_FILE}", "wav2vec": f"clips/{clip_id}/{WAV2VEC_FILE}",
                  "stage1_keypoints": f"{STAGE1_DIR}/{clip_id}.npy", "audio": f"{STAGE1_DIR}/{clip_id}.wav"}
@@ -516,8 +506,7 @@ def _truncate_frames(folder: Path, frames: int) -> None:
     offsets = np.load(index_path)
     if offsets.shape[0] - 1 > frames:
         np.save(index_path, offsets[:frames + 1])
-        with open(folder / FRAMES_BIN, "r+b") as handle:
-            handle.truncate(int(offsets[frames]))
+        os.truncate(folder / FRAMES_BIN, int(offsets[frames]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -606,9 +595,8 @@ def _run_all(config: PrepareConfig, jobs: list[tuple[Path, str]], pose_backend: 
              audio_models: Optional[AudioModels], show_progress: bool) -> list[FileResult]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(jobs), desc="prepare", unit="video", disable=not show_progress)
     results: list[FileResult] = []
-    try:
+    with tqdm(total=len(jobs), desc="prepare", unit="video", disable=not show_progress) as bar:
         if config.workers <= 1:
             preparer = VideoPreparer(config, pose_backend, audio_models)
             for video, clip_id in jobs:
@@ -619,8 +607,6 @@ def _run_all(config: PrepareConfig, jobs: list[tuple[Path, str]], pose_backend: 
             raise InputError("workers", "custom back-end objects work only with workers=1.",
                              "Name the back end in the config (python:module:factory) to use several workers.")
         threads = max(1, (os.cpu_count() or 1) // config.workers)
-        import multiprocessing
-
         context = multiprocessing.get_context("spawn")  # torch and fork do not mix
         with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_init_worker,
                                  initargs=(config, threads)) as pool:
@@ -629,8 +615,6 @@ def _run_all(config: PrepareConfig, jobs: list[tuple[Path, str]], pose_backend: 
                 results.append(future.result())
                 bar.update(1)
         return results
-    finally:
-        bar.close()
 
 
 def _finish(config: PrepareConfig, results: list[FileResult], audio_models: Optional[AudioModels]) -> PrepareSummary:
@@ -655,8 +639,6 @@ def _finish(config: PrepareConfig, results: list[FileResult], audio_models: Opti
 def _feature_dims(config: PrepareConfig, out: Path, entries: list[ClipEntry],
                   audio_models: Optional[AudioModels]) -> dict[str, int]:
     """Feature sizes, read from a prepared clip (so a run where everything was already done needs no model)."""
-    from safetensors import safe_open
-
     if audio_models is not None:
         return audio_models.dims()
     dims = {"wav2vec_layers": 0, "wav2vec_hidden": 0, "stage1_feature_dim": 0}
@@ -676,30 +658,27 @@ def _feature_dims(config: PrepareConfig, out: Path, entries: list[ClipEntry],
 
 def parse_args(argv: Optional[list[str]] = None) -> PrepareConfig:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="folder of talking videos (searched recursively)")
-    parser.add_argument("--out", required=True, help="output folder (manifest.json, clips/, stage1/)")
+    parser.add_argument("--input", dest="input_dir", required=True,
+                        help="folder of talking videos (searched recursively)")
+    parser.add_argument("--out", dest="out_dir", required=True, help="output folder (manifest.json, clips/, stage1/)")
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--codec", choices=FRAME_CODECS, default="jpeg", help="frame storage (jpeg q95 or png)")
+    parser.add_argument("--codec", dest="frame_codec", choices=FRAME_CODECS, default="jpeg",
+                        help="frame storage (jpeg q95 or png)")
     parser.add_argument("--jpeg-quality", type=int, default=95)
-    parser.add_argument("--pose", default="dwpose", help="dwpose | mediapipe | sidecar | python:module:factory")
+    parser.add_argument("--pose", dest="pose_backend", default="dwpose",
+                        help="dwpose | mediapipe | sidecar | python:module:factory")
     parser.add_argument("--dwpose-dir", help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx")
     parser.add_argument("--stage1-features", choices=["wavlm_edge", "edge", "none"], default="wavlm_edge")
     parser.add_argument("--wavlm", help="WavLM-Large.pt (Stage-I features)")
     parser.add_argument("--wav2vec", required=True, help="wav2vec2-base-960h folder (Stage-II features)")
-    parser.add_argument("--device", default="cpu", help="device for the audio models")
+    parser.add_argument("--device", dest="feature_device", default="cpu", help="device for the audio models")
     parser.add_argument("--min-frames", type=int, default=17)
     parser.add_argument("--min-person-fraction", type=float, default=0.5)
     parser.add_argument("--vfr", choices=["skip", "resample"], default="skip")
-    parser.add_argument("--stride", type=int, default=12, help="Stage-I window step in frames")
+    parser.add_argument("--stride", dest="stage1_stride", type=int, default=12, help="Stage-I window step in frames")
     parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args(argv)
-    return PrepareConfig(input_dir=args.input, out_dir=args.out, width=args.width, height=args.height,
-                         frame_codec=args.codec, jpeg_quality=args.jpeg_quality, pose_backend=args.pose,
-                         dwpose_dir=args.dwpose_dir, stage1_features=args.stage1_features, wavlm=args.wavlm,
-                         wav2vec=args.wav2vec, feature_device=args.device, min_frames=args.min_frames,
-                         min_person_fraction=args.min_person_fraction, vfr=args.vfr, stage1_stride=args.stride,
-                         workers=args.workers)
+    return PrepareConfig(**vars(parser.parse_args(argv)))  # every dest is a PrepareConfig field
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -129,10 +129,8 @@ class SMGAWindowDataset(Dataset):
     """All 80-frame windows of a set of clips, held in memory: items are (x, cond_frame, cond)."""
 
     def __init__(self, clips: list[Clip], window: int = SMGA_WINDOW_FRAMES, stride: int = DEFAULT_STRIDE) -> None:
-        parts = [clip_windows(clip, window, stride) for clip in clips]
-        self.x = torch.cat([p[0] for p in parts])
-        self.cond_frame = torch.cat([p[1] for p in parts])
-        self.cond = torch.cat([p[2] for p in parts])
+        parts = zip(*(clip_windows(clip, window, stride) for clip in clips))
+        self.x, self.cond_frame, self.cond = (torch.cat(part) for part in parts)
         if self.x.shape[0] == 0:
             raise InputError("data", f"no clip is long enough for one {window}-frame window (+1 condition frame).",
                              f"Use clips of at least {(window + 1) / VIDEO_FPS:.2f} s.")

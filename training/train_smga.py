@@ -59,11 +59,6 @@ class TrainConfig:
     grad_clip: Optional[float] = None  # the official run does not clip
     init_from: Optional[str] = None  # fine-tune from SMGA weights (official .pt or our safetensors)
 
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["model"] = self.model.to_dict()
-        return values
-
 
 @dataclass
 class TrainResult:
@@ -80,9 +75,7 @@ def use_bf16(setting: str, device: torch.device) -> bool:
         raise InputError("bf16", f"unknown setting '{setting}'.", "Use auto, on or off.")
     if setting != "auto":
         return setting == "on"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu"
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu"
 
 
 def make_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -135,17 +128,13 @@ class Trainer:
         self.device = torch.device(config.device)
         self.bf16 = use_bf16(config.bf16, self.device)
         torch.manual_seed(config.seed)  # dropout draws from the global RNG
-        self.model = self._initial_model().to(self.device).train()
+        model = load_smga(config.init_from, config=config.model) if config.init_from else GestureDecoder(config.model)
+        self.model = model.to(self.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.weight_decay)
         self.schedule = cosine_schedule().to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.step_count = 0
-
-    def _initial_model(self) -> GestureDecoder:
-        if self.config.init_from:
-            return load_smga(self.config.init_from, config=self.config.model)
-        return GestureDecoder(self.config.model)
 
     def step(self) -> float:
         indices = batch_indices(self.step_count, len(self.dataset), self.config.batch_size, self.config.seed)
@@ -172,7 +161,7 @@ class Trainer:
             "step": self.step_count,
             "generator_state": self.generator.get_state(),
             "torch_rng_state": torch.get_rng_state(),
-            "config_json": json.dumps(self.config.to_dict()),
+            "config_json": json.dumps(asdict(self.config)),
         }
 
     def load_state(self, state: dict[str, Any], source: str) -> None:

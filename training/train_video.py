@@ -47,15 +47,17 @@ from torch.utils.data import DataLoader
 from mmgt_core.constants import SIZE_MULTIPLE
 from mmgt_core.errors import InputError, MMGTError, WeightsError
 from mmgt_core.files import replace_folder, write_json_atomically
+from mmgt_core.pretrained import load_pretrained, load_vae
 from mmgt_core.types import OptionalCancel, OptionalProgress
 from mmgt_core.video.conditioning import clip_image_embeds, load_clip_image_encoder
-from mmgt_core.video.config import RELEASED_BRANCH_WEIGHTS, VideoNetConfig
+from mmgt_core.video.config import RELEASED_BRANCH_WEIGHTS, AudioProjConfig, VideoNetConfig
 from mmgt_core.video.net import VideoNet
 from mmgt_core.video.scheduler import make_scheduler
 from mmgt_core.video.vae_codec import encode_images
 from mmgt_core.weights import COMPONENT_VIDEO_NET, load_weights, read_config, save_weights, strict_load
 
 from .config import TrainVideoConfig, apply_overrides, load_train_config, save_config
+from .smga_data import read_wav
 from .video_data import (
     STEP_FILES,
     ImagePairExamples,
@@ -102,8 +104,6 @@ def resolve_net_config(config: TrainVideoConfig, manifest: Manifest) -> VideoNet
         full = stored.get(TRAINING_META_KEY, {}).get("full_net") or stored
         return VideoNetConfig.from_dict(full) if full else VideoNetConfig.sd15()
     if models.base_unet:
-        from mmgt_core.video.config import AudioProjConfig
-
         audio_proj = AudioProjConfig(blocks=manifest.wav2vec_layers, channels=manifest.wav2vec_hidden)
         return VideoNetConfig.from_diffusers_unet_config(Path(models.base_unet) / "config.json",
                                                          audio_proj=audio_proj)
@@ -119,8 +119,6 @@ def _is_temporal_or_audio(key: str) -> bool:
 def load_base_unet(net: VideoNet, folder: str) -> None:
     """SD-layout UNet weights (diffusers folder) into both UNets; the ReferenceNet has no conv_norm_out/conv_out."""
     from diffusers import UNet2DConditionModel
-
-    from mmgt_core.pretrained import load_pretrained
 
     unet = load_pretrained(UNet2DConditionModel, folder, "base UNet", fix="Use a diffusers 'unet' folder "
                            "(official step 1: sd-image-variations-diffusers/unet).")
@@ -141,7 +139,7 @@ def load_pose_guider_init(net: VideoNet, path: str) -> None:
     strict_load(net.pose_guider, picked, "PoseGuider", path, may_lack=lambda k: k.startswith("conv_out."))
 
 
-def load_motion_module(net: VideoNet, path: str) -> int:
+def load_motion_module(net: VideoNet, path: str) -> None:
     """AnimateDiff v2 motion weights (``down_blocks.0.motion_modules.0...``) into the denoising UNet."""
     state, _ = load_weights(path)
     motion = {f"denoising_unet.{k}": v for k, v in state.items() if ".motion_modules." in k}
@@ -149,30 +147,26 @@ def load_motion_module(net: VideoNet, path: str) -> int:
     if not motion:
         raise WeightsError(f"'{path}' holds no motion-module weights; use AnimateDiff's mm_sd_v15_v2.ckpt.")
     strict_load(net, motion, TRAINED_NET, path, may_lack=lambda k: k not in own)
-    return len(motion)
 
 
 def build_net(config: TrainVideoConfig, full: VideoNetConfig) -> VideoNet:
     """The network of this step with its initial weights (seeded, so frozen random parts are reproducible)."""
-    models = config.models
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        net = VideoNet(image_only(full) if config.step == 1 else full, zero_init=True)
-    if config.step == 1:
-        if models.base_unet:
-            load_base_unet(net, models.base_unet)
-        if models.init_net:
-            state, _ = load_weights(models.init_net)
-            strict_load(net, state, TRAINED_NET, models.init_net, may_ignore=_is_temporal_or_audio)
-        if models.pose_guider_init:
-            load_pose_guider_init(net, models.pose_guider_init)
-        return net
-    if not models.init_net:
+    models, step1 = config.models, config.step == 1
+    if not step1 and not models.init_net:
         raise InputError("models.init_net", "step 2 starts from the step-1 network.",
                          "Set models.init_net to the step-1 export (mmgt_video_step1.safetensors).")
-    state, _ = load_weights(models.init_net)
-    strict_load(net, state, TRAINED_NET, models.init_net, may_lack=_is_temporal_or_audio)
-    if models.motion_module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = VideoNet(image_only(full) if step1 else full, zero_init=True)
+    if step1 and models.base_unet:
+        load_base_unet(net, models.base_unet)
+    if models.init_net:  # step 1 takes only the 2D parts of a video net, step 2 all but what it adds
+        state, _ = load_weights(models.init_net)
+        allowance = {"may_ignore" if step1 else "may_lack": _is_temporal_or_audio}
+        strict_load(net, state, TRAINED_NET, models.init_net, **allowance)
+    if step1 and models.pose_guider_init:
+        load_pose_guider_init(net, models.pose_guider_init)
+    if not step1 and models.motion_module:
         load_motion_module(net, models.motion_module)
     return net
 
@@ -180,16 +174,12 @@ def build_net(config: TrainVideoConfig, full: VideoNetConfig) -> VideoNet:
 def trainable_names(net: VideoNet, step: int) -> list[str]:
     """Official trainable sets: step 1 = denoiser + ReferenceNet but up_blocks.3 + PoseGuider; step 2 = motion and
     audio modules + AudioProj."""
-    names = []
-    for name, _ in net.named_parameters():
-        if step == 1:
-            keep = name.startswith(("denoising_unet.", "pose_guider.")) or (
-                name.startswith("reference_unet.") and "up_blocks.3" not in name)
-        else:
-            keep = name.startswith("audioproj.") or (name.startswith("denoising_unet.") and _is_temporal_or_audio(name))
-        if keep:
-            names.append(name)
-    return names
+    names = [name for name, _ in net.named_parameters()]
+    if step == 1:
+        return [name for name in names if name.startswith(("denoising_unet.", "pose_guider.")) or (
+            name.startswith("reference_unet.") and "up_blocks.3" not in name)]
+    return [name for name in names
+            if name.startswith("audioproj.") or (name.startswith("denoising_unet.") and _is_temporal_or_audio(name))]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,22 +222,18 @@ class NoiseDraw:
     image_keep: torch.Tensor
     audio_keep: torch.Tensor
 
-    def to(self, device: torch.device) -> NoiseDraw:
-        return NoiseDraw(*(value.to(device) for value in (self.noise, self.timesteps, self.image_keep,
-                                                          self.audio_keep)))
 
-
-def draw_noise(config: TrainVideoConfig, shape: torch.Size, generator: torch.Generator,
+def draw_noise(config: TrainVideoConfig, shape: torch.Size, generator: torch.Generator, device: torch.device,
                drop_conditions: bool = True) -> NoiseDraw:
     """Offset noise of ``shape`` (B, C, F, h, w), uniform timesteps and the condition dropout, drawn in a fixed
-    order from ``generator`` (a resumed run draws the same numbers)."""
+    order from the CPU ``generator`` (a resumed run draws the same numbers), then moved to ``device``."""
     rows, diffusion = shape[0], config.diffusion
     noise = torch.randn(shape, generator=generator)
     noise += diffusion.noise_offset * torch.randn((rows, shape[1], 1, 1, 1), generator=generator)
     timesteps = torch.randint(0, diffusion.num_train_timesteps, (rows,), generator=generator)
     image_keep = torch.rand(rows, generator=generator) >= (config.dropout.image if drop_conditions else 0.0)
     audio_keep = torch.rand(rows, generator=generator) >= (config.dropout.audio if drop_conditions else 0.0)
-    return NoiseDraw(noise, timesteps, image_keep, audio_keep)
+    return NoiseDraw(*(value.to(device) for value in (noise, timesteps, image_keep, audio_keep)))
 
 
 def min_snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
@@ -274,18 +260,8 @@ def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, timesteps: to
 
 def checkpoint_dirs(out_dir: Path) -> list[tuple[int, Path]]:
     """Finished checkpoints (a folder ``step-NNNNNNNN`` holding state.json), oldest first."""
-    root = Path(out_dir) / CHECKPOINT_DIR
-    found = []
-    if root.is_dir():
-        for child in root.iterdir():
-            match = _STEP_DIR.match(child.name)
-            if match and (child / STATE_FILE).is_file():
-                found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def _write_trainable(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(folder / TRAINABLE_FILE))
+    found = [(child, _STEP_DIR.match(child.name)) for child in (Path(out_dir) / CHECKPOINT_DIR).glob("step-*")]
+    return sorted((int(match.group(1)), child) for child, match in found if match and (child / STATE_FILE).is_file())
 
 
 def _write_optimizer_state(folder: Path, payload: dict[str, Any]) -> None:
@@ -302,7 +278,7 @@ def save_checkpoint(out_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     shutil.rmtree(temp, ignore_errors=True)
     try:
         temp.mkdir()
-        _write_trainable(temp, trainable)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in trainable.items()}, str(temp / TRAINABLE_FILE))
         _write_optimizer_state(temp, optimizer_payload)
         write_json_atomically(state, temp / STATE_FILE)  # last: marks the folder as complete
         replace_folder(temp, final)
@@ -316,10 +292,8 @@ def save_checkpoint(out_dir: Path, step: int, trainable: dict[str, torch.Tensor]
 def remove_unfinished_checkpoints(out_dir: Path) -> None:
     """Delete temporary folders left by a process killed while saving."""
     root = Path(out_dir) / CHECKPOINT_DIR
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.name.startswith((".tmp-step-", ".old-step-")):  # .old-*: see replace_folder
-                shutil.rmtree(child, ignore_errors=True)
+    for child in [*root.glob(".tmp-step-*"), *root.glob(".old-step-*")]:  # .old-*: see replace_folder
+        shutil.rmtree(child, ignore_errors=True)
 
 
 def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
@@ -384,7 +358,7 @@ class VideoTrainer:
         self.net, self.trainable = self._trainable_net()
         self.module = VideoTrainingModule(self.net, config.step, tuple(config.train_branch_weights))
         self.scheduler = make_scheduler(**scheduler_overrides(config))
-        self.vae, self.clip = load_frozen_encoders(config, self.device, frozen_dtype(self.accelerator))
+        self.vae, self.clip = load_frozen_encoders(config, self.accelerator)
         self.optimizer, self.lr_schedule = self._optimizer_with_warmup()
         self.model, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         examples = ImagePairExamples if config.step == 1 else VideoClipExamples
@@ -438,9 +412,8 @@ class VideoTrainer:
         """The training loss of one batch (noise, timesteps and condition dropout drawn from ``generator``)."""
         inputs = self.model_inputs(batch, generator, drop_conditions)
         target = inputs.pop("target")
-        prediction = self.model(**inputs)
         diffusion = self.config.diffusion
-        return diffusion_loss(prediction, target, inputs["timesteps"], self.scheduler, diffusion.snr_gamma,
+        return diffusion_loss(self.model(**inputs), target, inputs["timesteps"], self.scheduler, diffusion.snr_gamma,
                               diffusion.prediction_type)
 
     def model_inputs(self, batch: dict[str, Any], generator: torch.Generator,
@@ -448,7 +421,7 @@ class VideoTrainer:
         """Latents, noise, timesteps, v-target, CLIP/reference/pose/audio/mask inputs of one batch."""
         device = self.device
         latents, reference_latents, embeds = self.encode_conditions(batch, generator)
-        drawn = draw_noise(self.config, latents.shape, generator, drop_conditions).to(device)
+        drawn = draw_noise(self.config, latents.shape, generator, device, drop_conditions)
         inputs = {
             "noisy": self.scheduler.add_noise(latents, drawn.noise, drawn.timesteps),
             "target": self.scheduler.get_velocity(latents, drawn.noise, drawn.timesteps),
@@ -483,9 +456,7 @@ class VideoTrainer:
         """Accumulate the micro-batches, clip, step; returns the mean loss (over micro-batches and processes)."""
         total = 0.0
         for micro, batch in enumerate(batches):
-            syncing = micro == len(batches) - 1
-            context = self.accelerator.no_sync(self.model) if not syncing else nullcontext()
-            with context:
+            with self.accelerator.no_sync(self.model) if micro < len(batches) - 1 else nullcontext():
                 loss = self.loss(batch, self.generator(step, micro)) / len(batches)
                 self.accelerator.backward(loss)
             total += float(self.accelerator.reduce(loss.detach(), "mean"))
@@ -497,21 +468,17 @@ class VideoTrainer:
 
     # ----- checkpoints
 
-    def checkpoint_payload(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        params = dict(self.unwrapped.named_parameters())
-        trainable = {name: params[name] for name in self.trainable}
-        payload = {"optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict()}
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None:
-            payload["scaler"] = scaler.state_dict()
-        return trainable, payload
-
     def save_checkpoint(self, step: int) -> Optional[Path]:
         """Main process writes the checkpoint of the weights after ``step`` optimizer steps."""
         self.accelerator.wait_for_everyone()
         path = None
         if self.accelerator.is_main_process:
-            trainable, payload = self.checkpoint_payload()
+            params = dict(self.unwrapped.named_parameters())
+            trainable = {name: params[name] for name in self.trainable}
+            payload = {"optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict()}
+            scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is not None:
+                payload["scaler"] = scaler.state_dict()
             state = {"step": step, "train_step": self.config.step, "net": self.full_config.to_dict(),
                      "trainable": len(trainable), "time": time.time()}
             path = save_checkpoint(self.out, step, trainable, payload, state, self.config.checkpoint.keep_last)
@@ -558,22 +525,23 @@ class VideoTrainer:
         was_training = net.training
         net.eval()
         try:
-            path = render_validation(net, self.vae, self.clip, self.manifest, self.config, step, self.out)
+            return render_validation(net, self.vae, self.clip, self.manifest, self.config, step, self.out)
         finally:
             net.train(was_training)
-        return path
 
     # ----- the loop
 
     def train(self, progress: OptionalProgress = None, check_cancel: OptionalCancel = None) -> TrainResult:
         """Run from the newest checkpoint (or step 0) to ``optim.max_steps``; export at the end."""
+        from tqdm.auto import tqdm
+
         config = self.config
         start = self.resume()
         if self.accelerator.is_main_process:
             save_config(config, self.out / "config.yaml")
         losses, videos, last_checkpoint, saved_at = [], [], None, start
-        bar = _progress_bar(start, config.optim.max_steps, self.accelerator.is_local_main_process)
-        try:
+        with tqdm(total=config.optim.max_steps, initial=start, desc="train", unit="step",
+                  disable=not self.accelerator.is_local_main_process) as bar:
             for step, batches in self._micro_batches(start):
                 if check_cancel is not None:
                     check_cancel()
@@ -587,8 +555,6 @@ class VideoTrainer:
                     last_checkpoint, saved_at = self.save_checkpoint(self.step), self.step
                 if config.validation.every and self.step % config.validation.every == 0:
                     videos.append(self.validate(self.step))
-        finally:
-            bar.close()
         if self.step > saved_at:  # always end on a checkpoint, so a later run with more steps continues here
             last_checkpoint = self.save_checkpoint(self.step)
         return TrainResult(self.export(), self.step, losses, last_checkpoint, [v for v in videos if v is not None])
@@ -611,7 +577,6 @@ class VideoTrainer:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if self.accelerator.is_main_process and (step % max(self.config.log_every, 1) == 0 or step == 1):
-            self.out.mkdir(parents=True, exist_ok=True)
             with open(self.out / LOG_FILE, "a", encoding="utf-8") as log:
                 log.write(json.dumps({"step": step, "loss": loss, "lr": self.lr_schedule.get_last_lr()[0]}) + "\n")
 
@@ -623,27 +588,12 @@ class VideoTrainer:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _progress_bar(start: int, total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Checks and set-up
 
 
 def checked_manifest(config: TrainVideoConfig) -> Manifest:
     """Refuse a config that cannot work, then read the manifest (with this step's files), before any model loads."""
-    check_config(config)
-    manifest = load_manifest(config.manifest, require=STEP_FILES[config.step])
-    if config.optim.optimizer == "adamw8bit":
-        _bitsandbytes()
-    return manifest
-
-
-def check_config(config: TrainVideoConfig) -> None:
-    """Refuse settings that cannot work, before anything is loaded."""
     data, diffusion = config.data, config.diffusion
     if data.width % SIZE_MULTIPLE or data.height % SIZE_MULTIPLE:
         raise InputError("data.width/height", f"{data.width}x{data.height} is not a multiple of {SIZE_MULTIPLE}.",
@@ -660,6 +610,10 @@ def check_config(config: TrainVideoConfig) -> None:
     if not config.models.vae or not config.models.image_encoder:
         raise InputError("models", "models.vae and models.image_encoder are required.",
                          "Point them to sd-vae-ft-mse and sd-image-variations-diffusers/image_encoder.")
+    manifest = load_manifest(config.manifest, require=STEP_FILES[config.step])
+    if config.optim.optimizer == "adamw8bit":
+        _bitsandbytes()
+    return manifest
 
 
 def check_dims(config: TrainVideoConfig, net: VideoNetConfig, manifest: Manifest) -> None:
@@ -685,22 +639,16 @@ def make_accelerator(config: TrainVideoConfig) -> Any:
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-    precision = config.optim.mixed_precision
-    if on_cpu and precision == "fp16":
-        precision = "bf16"
+    precision = "bf16" if on_cpu and config.optim.mixed_precision == "fp16" else config.optim.mixed_precision
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # uncond batches skip the ReferenceNet
     return Accelerator(mixed_precision=precision, cpu=on_cpu, kwargs_handlers=handlers)
 
 
-def frozen_dtype(accelerator: Any) -> torch.dtype:
-    """dtype of the frozen VAE and CLIP encoder: the mixed-precision dtype, else float32."""
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(accelerator.mixed_precision), torch.float32)
-
-
-def load_frozen_encoders(config: TrainVideoConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """The VAE (diffusers folder) and the CLIP image encoder, frozen in eval mode."""
-    from mmgt_core.pretrained import load_vae
-
+def load_frozen_encoders(config: TrainVideoConfig, accelerator: Any) -> tuple[Any, Any]:
+    """The VAE (diffusers folder) and the CLIP image encoder, frozen in eval mode, on the accelerator's device in
+    its mixed-precision dtype (else float32)."""
+    device = accelerator.device
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(accelerator.mixed_precision), torch.float32)
     vae = load_vae(config.models.vae, device, dtype).requires_grad_(False)
     clip = load_clip_image_encoder(config.models.image_encoder, device=device, dtype=dtype).requires_grad_(False)
     return vae, clip
@@ -739,8 +687,6 @@ def render_validation(net: VideoNet, vae: Any, clip: Any, manifest: Manifest, co
     from mmgt_core.pipeline import VideoInputs, VideoPipeline
     from mmgt_core.video.settings import VideoSettings
 
-    from .smga_data import read_wav
-
     settings = config.validation
     entry = manifest.clips[min(settings.clip_index, len(manifest.clips) - 1)]
     prepared = PreparedClip(manifest, entry)
@@ -749,9 +695,7 @@ def render_validation(net: VideoNet, vae: Any, clip: Any, manifest: Manifest, co
     box = full_frame_box(manifest.width, manifest.height, (width, height))
     reference = box.apply_frames(prepared.frames.read([0]))[0]
     keypoints = torch.from_numpy(box.apply_keypoints(prepared.keypoints[:frames]))
-    features = None
-    if config.step == 2:
-        features = prepared.audio_windows(list(range(frames)), 0)[:, 0]
+    features = prepared.audio_windows(list(range(frames)), 0)[:, 0] if config.step == 2 else None
     inputs = VideoInputs(reference, keypoints=PoseSequence(keypoints, width, height, manifest.fps),
                          audio_features=features, hide_legs=config.data.mask_legs)
     render = VideoSettings(width=width, height=height, seed=config.seed, steps=settings.steps,

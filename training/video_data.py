@@ -102,11 +102,10 @@ class FrameWriter:
         self._file.write(data)
         self.offsets.append(self.offsets[-1] + len(data))
 
-    def close(self) -> int:
-        """Finish the file; returns the number of frames."""
+    def close(self) -> None:
+        """Finish the file and write the offset index."""
         self._file.close()
         np.save(self.folder / FRAMES_INDEX, np.asarray(self.offsets, dtype=np.int64))
-        return len(self.offsets) - 1
 
 
 class FrameReader:
@@ -115,9 +114,6 @@ class FrameReader:
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / FRAMES_BIN
         self.offsets = np.load(Path(folder) / FRAMES_INDEX)
-
-    def __len__(self) -> int:
-        return int(self.offsets.shape[0] - 1)
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         """Frames ``indices`` as (n, H, W, 3) uint8 RGB."""
@@ -187,10 +183,9 @@ class Manifest:
         clips = [ClipEntry(**clip) for clip in data["clips"]]
         return cls(**values, clips=clips, root=root)
 
-    def write(self, path: Path) -> Path:
+    def write(self, path: Path) -> None:
         """Write atomically (temp file + rename)."""
         write_json_atomically(self.to_json(), path)
-        return path
 
 
 STEP_FILES = {1: ("frames", "frames_index", "keypoints"), 2: ("frames", "frames_index", "keypoints", "wav2vec")}
@@ -233,8 +228,7 @@ class PreparedClip:
 
     def __init__(self, manifest: Manifest, entry: ClipEntry) -> None:
         self.entry = entry
-        self.folder = manifest.path(entry, "frames").parent
-        self.frames = FrameReader(self.folder)
+        self.frames = FrameReader(manifest.path(entry, "frames").parent)
         self.keypoints = np.load(manifest.path(entry, "keypoints"), mmap_mode="r")
         self._wav2vec = manifest.path(entry, "wav2vec") if "wav2vec" in entry.paths else None
 
@@ -245,9 +239,7 @@ class PreparedClip:
         first, last = max(min(frames) - margin, 0), min(max(frames) + margin, self.entry.frames - 1)
         with safe_open(str(self._wav2vec), framework="pt") as handle:
             part = handle.get_slice("features")[first:last + 1].float()
-        local = torch.as_tensor(frames) - first
-        windows = audio_context_windows(part, margin, local)
-        return windows
+        return audio_context_windows(part, margin, torch.as_tensor(frames) - first)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -269,8 +261,7 @@ class CropBox:
         out_w, out_h = self.out_size
         x0, y0 = int(round(self.x0)), int(round(self.y0))
         x1, y1 = x0 + int(round(self.width)), y0 + int(round(self.height))
-        shrink = (x1 - x0) > 2 * out_w
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        interpolation = cv2.INTER_AREA if (x1 - x0) > 2 * out_w else cv2.INTER_LINEAR  # area when shrinking a lot
         return np.stack([cv2.resize(np.ascontiguousarray(f[y0:y1, x0:x1]), (out_w, out_h),
                                     interpolation=interpolation) for f in frames])
 
