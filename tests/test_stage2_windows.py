@@ -4,6 +4,7 @@ one settings type, and the guards against inputs that would not fit."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,27 +26,10 @@ from mmgt_core.video.conditioning import (
     load_clip_image_encoder,
     pose_window,
 )
-from mmgt_core.video.net import VideoNet, load_video_net
-from mmgt_core.video.sampler import VideoConditioning, sample_latents
+from mmgt_core.video.net import VideoNet
+from mmgt_core.video.sampler import sample_latents
 from mmgt_core.video.settings import RELEASED, VideoSettings
-from tiny_fixture import tiny_net_config
-
-
-@pytest.fixture(scope="module")
-def stage2(fixtures_dir: Path) -> Path:
-    return fixtures_dir / "stage2"
-
-
-@pytest.fixture(scope="module")
-def tiny_net(stage2: Path, fixtures_dir: Path) -> VideoNet:
-    return load_video_net(stage2 / "net_tiny.safetensors", tiny_net_config(fixtures_dir))
-
-
-@pytest.fixture(scope="module")
-def tiny_vae(stage2: Path):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(stage2 / "tiny_vae").eval()
+from tiny_fixture import random_conditioning
 
 
 def _windows() -> list[torch.Tensor]:
@@ -85,16 +69,9 @@ def test_masks_per_window_equal_the_whole_pyramid_and_the_motion_mask_path() -> 
 def test_sampling_with_per_window_sources_equals_the_whole_video_path(tiny_net: VideoNet) -> None:
     frames, width, height = 20, 128, 64
     pose = moving_pose(frames, width, height)
-    generator = torch.Generator().manual_seed(5)
-    embeds = torch.randn(1, tiny_net.config.unet.cross_attention_dim, generator=generator)
-    reference = torch.randn(1, 4, height // 8, width // 8, generator=generator) * 0.5
-    features = torch.randn(frames, tiny_net.config.audio_proj.blocks, tiny_net.config.audio_proj.channels,
-                           generator=generator)
-    from mmgt_core.video.sampler import project_audio
-
-    tokens = project_audio(tiny_net.audioproj, features)
-    lazy = VideoConditioning(embeds, reference, KeypointPoseFrames(pose), KeypointBranchMasks(pose), tokens)
-    whole = VideoConditioning(embeds, reference, render_pose_video(pose), KeypointBranchMasks(pose).whole(), tokens)
+    base = random_conditioning(tiny_net, frames, width, height)
+    lazy = replace(base, pose_frames=KeypointPoseFrames(pose), masks=KeypointBranchMasks(pose))
+    whole = replace(base, pose_frames=render_pose_video(pose), masks=KeypointBranchMasks(pose).whole())
     for schedule in ("open", "closed_loop"):
         settings = VideoSettings(width=width, height=height, steps=2, context_schedule=schedule)
         got = sample_latents(tiny_net, lazy, settings, torch.Generator().manual_seed(1))

@@ -30,10 +30,6 @@ from tiny_fixture import tiny_net_config
 ATOL = 1e-4
 
 
-
-tiny_config = tiny_net_config
-
-
 @pytest.fixture(scope="module")
 def net_state(fixtures_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(fixtures_dir / "stage2" / "net_tiny.safetensors")
@@ -68,12 +64,12 @@ def test_every_tensor_is_in_the_state_dict():
 
 
 def test_config_round_trips_through_json(fixtures_dir):
-    config = tiny_config(fixtures_dir)
+    config = tiny_net_config(fixtures_dir)
     assert VideoNetConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_tiny_net_loads_strictly_and_rejects_a_broken_file(fixtures_dir, net_state):
-    net = load_video_net(net_state, tiny_config(fixtures_dir))
+    net = load_video_net(net_state, tiny_net_config(fixtures_dir))
     assert not net.training
     loaded = net.state_dict()
     key = "denoising_unet.down_blocks.1.audio_modules.0.transformer_blocks.0.attn2_2.to_k.weight"
@@ -81,12 +77,12 @@ def test_tiny_net_loads_strictly_and_rejects_a_broken_file(fixtures_dir, net_sta
     broken = dict(net_state)
     broken.pop(key)
     with pytest.raises(WeightsError, match="missing"):
-        load_video_net(broken, tiny_config(fixtures_dir))
+        load_video_net(broken, tiny_net_config(fixtures_dir))
 
 
 def test_audioproj_matches_official_and_refuses_a_wrong_feature_width(fixtures_dir, net_state):
     io = load_file(fixtures_dir / "stage2" / "audioproj_io.safetensors")
-    model = AudioProjModel(tiny_config(fixtures_dir).audio_proj)
+    model = AudioProjModel(tiny_net_config(fixtures_dir).audio_proj)
     strict_load(model, _component(net_state, "audioproj."), "audioproj", "net_tiny")
     with torch.no_grad():
         out = model(io["input"])
@@ -97,7 +93,7 @@ def test_audioproj_matches_official_and_refuses_a_wrong_feature_width(fixtures_d
 
 def test_pose_guider_matches_official(fixtures_dir, net_state):
     io = load_file(fixtures_dir / "stage2" / "pose_guider_io.safetensors")
-    model = PoseGuider(tiny_config(fixtures_dir).pose_guider)
+    model = PoseGuider(tiny_net_config(fixtures_dir).pose_guider)
     strict_load(model, _component(net_state, "pose_guider."), "pose_guider", "net_tiny")
     pose = io["input_uint8_LHWC"].permute(3, 0, 1, 2)[None].float() / 255
     with torch.no_grad():
@@ -107,7 +103,7 @@ def test_pose_guider_matches_official(fixtures_dir, net_state):
 
 @pytest.fixture(scope="module")
 def reference_net(fixtures_dir, net_state) -> ReferenceNet:
-    net = ReferenceNet.from_unet_config(tiny_config(fixtures_dir).unet)
+    net = ReferenceNet.from_unet_config(tiny_net_config(fixtures_dir).unet)
     strict_load(net, _component(net_state, "reference_unet."), "reference_unet", "net_tiny")
     return net.eval()
 
