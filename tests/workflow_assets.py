@@ -1,6 +1,7 @@
 """Everything the shipped workflows (workflows/*.json) need, made tiny: models under the file names the
 workflows select, DWPose stand-in ONNX files, and the input files (reference image, speech, pose video, external
-keypoints). Shared by tests/test_workflows.py (test executor) and tests/test_real_comfyui.py (a real ComfyUI).
+keypoints), and a summary of the videos they save. Shared by tests/test_workflows.py (test executor) and
+tests/test_real_comfyui.py (a real ComfyUI).
 
 The API twins hold the workflows' real settings (50 SMGA steps, 30 video steps, 512×512, net-32500.pth). A run
 with tiny models applies ``TINY_RUN_OVERRIDES`` on top: fewer steps, a smaller frame, and the tiny video net,
@@ -16,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import torch
 from safetensors.torch import load_file
@@ -83,6 +85,21 @@ def with_tiny_overrides(prompt: dict[str, Any]) -> dict[str, Any]:
             if name in node["inputs"]:
                 node["inputs"][name] = value
     return tiny
+
+
+def tiny_twin(name: str) -> dict[str, Any]:
+    """The API twin of a shipped workflow with the tiny-model run settings applied."""
+    return with_tiny_overrides(load_twin(name))
+
+
+def video_summary(path: Path) -> tuple[int, float, float | None]:
+    """(decoded frames, fps, audio seconds or None without an audio track) of a saved mp4."""
+    with av.open(str(path)) as container:
+        fps = float(container.streams.video[0].average_rate)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        seconds = float(audio.duration * audio.time_base) if audio is not None and audio.duration else None
+        frames = sum(1 for _ in container.decode(video=0))
+    return frames, fps, seconds
 
 
 # ----------------------------------------------------------------------------------------------------- tiny models
