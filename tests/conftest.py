@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,12 @@ def fixtures_dir() -> Path:
         pytest.fail(f"official fixtures not found at {OFFICIAL_FIXTURES}; unset MMGT_FIXTURES to use the vendored "
                     "copy in tests/fixtures/official, or point it at a folder holding them")
     return OFFICIAL_FIXTURES
+
+
+@pytest.fixture(scope="module")
+def audio_dir(fixtures_dir: Path) -> Path:
+    """The official audio fixtures (speech clip, tiny WavLM and wav2vec2, their features)."""
+    return fixtures_dir / "audio"
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +62,6 @@ STUB_DIR = Path(__file__).resolve().parent / "comfy_stub"
 
 
 def _purge_pack_modules() -> None:
-    import sys
-
     for name in list(sys.modules):
         if name == "nodes" or name.startswith("nodes.") or name in ("folder_paths", "core_nodes") or \
                 name == "comfy" or name.startswith("comfy."):
@@ -65,9 +71,6 @@ def _purge_pack_modules() -> None:
 @pytest.fixture()
 def comfy_host(tmp_path, monkeypatch):
     """Import the pack's nodes as inside ComfyUI (stubbed folder_paths/comfy); yields all node classes."""
-    import importlib
-    import sys
-
     monkeypatch.setenv("MMGT_STUB_COMFY_ROOT", str(tmp_path / "comfy"))
     monkeypatch.syspath_prepend(str(STUB_DIR))
     _purge_pack_modules()
