@@ -191,9 +191,7 @@ def test_released_mask_mode_matches_official(fixtures_dir: Path, region_masks) -
 
 
 def test_mask_modes_change_only_the_full_branch_and_unknown_modes_are_refused() -> None:
-    face = [torch.rand(3, 4, 4) for _ in range(4)]
-    lips = [torch.rand(3, 4, 4) for _ in range(4)]
-    hands = [torch.rand(3, 4, 4) for _ in range(4)]
+    face, lips, hands = ([torch.rand(3, 4, 4) for _ in range(4)] for _ in range(3))
     paper = compose_branch_masks(face, lips, hands, "paper")
     training = compose_branch_masks(face, lips, hands, "training")
     released = compose_branch_masks(face, lips, hands)
