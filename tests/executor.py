@@ -46,23 +46,17 @@ def _declared_inputs(cls: type) -> dict[str, tuple[Any, dict[str, Any], bool]]:
     return declared
 
 
+LITERAL_TYPES = {"INT": (int,), "FLOAT": (int, float), "BOOLEAN": (bool,), "STRING": (str,)}
+
+
 def _check_widget(node_id: str, name: str, kind: Any, options: dict[str, Any], value: Any) -> None:
     where = f"node {node_id} input '{name}'"
     if isinstance(kind, list):
         if value not in kind:
             raise WorkflowError(f"{where}: {value!r} is not one of {kind[:10]}")
-    elif kind == "INT":
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise WorkflowError(f"{where}: expected INT, got {value!r}")
-    elif kind == "FLOAT":
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise WorkflowError(f"{where}: expected FLOAT, got {value!r}")
-    elif kind == "BOOLEAN":
-        if not isinstance(value, bool):
-            raise WorkflowError(f"{where}: expected BOOLEAN, got {value!r}")
-    elif kind == "STRING":
-        if not isinstance(value, str):
-            raise WorkflowError(f"{where}: expected STRING, got {value!r}")
+    elif kind in LITERAL_TYPES:
+        if not isinstance(value, LITERAL_TYPES[kind]) or (isinstance(value, bool) and kind != "BOOLEAN"):
+            raise WorkflowError(f"{where}: expected {kind}, got {value!r}")
     else:
         raise WorkflowError(f"{where}: type {kind} must come from a link, got a literal {value!r}")
     if kind in ("INT", "FLOAT"):

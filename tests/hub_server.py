@@ -45,12 +45,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:  # keep the test output clean
         pass
 
-    def _lookup(self) -> tuple[str, HubFile | None]:
+    def _lookup(self, method: str) -> tuple[str, HubFile | None]:
+        """The requested "repo/path" and its file; logs the request and answers 404 when there is no such file."""
         parts = self.path.split("?")[0].strip("/").split("/")
-        if len(parts) < 5 or parts[2] != "resolve":
-            return "", None
-        key = "/".join(parts[:2] + parts[4:])
-        return key, self.state.files.get(key)
+        key = "/".join(parts[:2] + parts[4:]) if len(parts) >= 5 and parts[2] == "resolve" else ""
+        self.state.log.append((method, key, self.headers.get("Range", "")))
+        file = self.state.files.get(key)
+        if file is None:
+            self.send_error(404)
+        return key, file
 
     def _headers(self, file: HubFile, status: int, length: int, start: int = 0) -> None:
         self.send_response(status)
@@ -67,20 +70,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_HEAD(self) -> None:
-        key, file = self._lookup()
-        self.state.log.append(("HEAD", key, self.headers.get("Range", "")))
-        if file is None:
-            self.send_error(404)
-            return
-        self._headers(file, 200, len(file.data))
+        _, file = self._lookup("HEAD")
+        if file is not None:
+            self._headers(file, 200, len(file.data))
 
     def do_GET(self) -> None:
-        key, file = self._lookup()
-        requested = self.headers.get("Range", "")
-        self.state.log.append(("GET", key, requested))
+        key, file = self._lookup("GET")
         if file is None:
-            self.send_error(404)
             return
+        requested = self.headers.get("Range", "")
         if key in self.state.broken:
             self.send_error(403, "interrupted (test)")
             return

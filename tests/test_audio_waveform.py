@@ -81,16 +81,14 @@ def test_prepare_audio_downmixes_and_resamples(speech):
 
 def test_bad_input_raises_input_error():
     good = np.zeros(16000, dtype=np.float32)
-    with pytest.raises(InputError, match="NaN or infinite"):
-        prepare_audio(np.where(np.arange(16000) == 5, np.nan, good), 16000, 16000)
-    with pytest.raises(InputError, match="NaN or infinite"):
-        prepare_audio(np.where(np.arange(16000) == 5, np.inf, good).astype(np.float32), 16000, 16000)
-    with pytest.raises(InputError, match="empty"):
-        prepare_audio(np.zeros(0, dtype=np.float32), 16000, 16000)
-    with pytest.raises(InputError, match="shorter than one video frame"):
-        prepare_audio(np.zeros(639, dtype=np.float32), 16000, 16000)
-    with pytest.raises(InputError, match="sample_rate"):
-        prepare_audio(good, 0, 16000)
+    for wave, rate, problem in ((np.where(np.arange(16000) == 5, np.nan, good), 16000, "NaN or infinite"),
+                                (np.where(np.arange(16000) == 5, np.inf, good).astype(np.float32), 16000,
+                                 "NaN or infinite"),
+                                (np.zeros(0, dtype=np.float32), 16000, "empty"),
+                                (np.zeros(639, dtype=np.float32), 16000, "shorter than one video frame"),
+                                (good, 0, "sample_rate")):
+        with pytest.raises(InputError, match=problem):
+            prepare_audio(wave, rate, 16000)
     one_frame, _ = prepare_audio(np.ones(640, dtype=np.float32), 16000, 12800)
     assert one_frame.shape[0] == 512
 

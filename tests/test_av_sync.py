@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -32,9 +33,7 @@ def click_track(rate: int, channels: int, fps: float, seconds: float = CLIP_SECO
 def click_offsets_ms(path: Path) -> tuple[list[float], dict]:
     """For each white frame: (time of the loudest audio sample near it) − (its presentation time), in ms."""
     info = probe_av_sync(path)
-    from av import open as av_open
-
-    with av_open(str(path)) as container:
+    with av.open(str(path)) as container:
         whites = [float(f.pts * f.time_base) for f in container.decode(video=0)
                   if f.to_ndarray(format="gray").mean() > 128]
     assert len(whites) == len(CLICK_TIMES), "every white frame must survive the encode"
@@ -117,8 +116,6 @@ def test_a_failed_write_leaves_the_previous_output_untouched(tmp_path):
 
 
 def test_a_disk_error_is_reported_and_leaves_nothing(tmp_path, monkeypatch):
-    import av
-
     target = tmp_path / "out.mp4"
 
     def disk_full(*_: object, **__: object) -> None:

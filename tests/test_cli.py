@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from mmgt_core.__main__ import main as cli_main
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.keypoints_io import save_keypoints_file
 from mmgt_core.tiny_models import synthetic_reference_pose, write_tiny_model_set
+from workflow_assets import video_summary
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +28,6 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-def _probe(path: Path) -> tuple[int, float, float]:
-    with av.open(str(path)) as container:
-        frames = sum(1 for _ in container.decode(video=0))
-        rate = float(container.streams.video[0].average_rate)
-        audio = container.streams.audio[0] if container.streams.audio else None
-        audio_seconds = float(audio.duration * audio.time_base) if audio is not None and audio.duration else 0.0
-    return frames, rate, audio_seconds
-
-
 def test_generate_audio_to_video_writes_mp4_with_sound(workspace):
     out = workspace / "audio.mp4"
     code = cli_main(["generate", "--image", str(workspace / "me.png"), "--audio", str(workspace / "speech.wav"),
@@ -44,7 +35,7 @@ def test_generate_audio_to_video_writes_mp4_with_sound(workspace):
                      str(workspace / "models" / "reference_pose.safetensors"), "--out", str(out), "--width", "128",
                      "--height", "64", "--steps", "1", "--smga-steps", "2", "--dtype", "fp32", "--fps", "30"])
     assert code == 0
-    frames, rate, audio_seconds = _probe(out)
+    frames, rate, audio_seconds = video_summary(out)
     assert rate == 30.0 and frames == 36, "1.2 s at 30 fps"
     assert audio_seconds == pytest.approx(1.2, abs=1e-3), "the audio lasts exactly as long as the video"
 
@@ -61,8 +52,8 @@ def test_generate_pose_driven_aligns_an_external_pose(workspace, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "aligned to the reference body" in printed and "resampled from 30 to 25 fps" in printed
-    frames, _, audio_seconds = _probe(out)
-    assert frames == round(20 / 30 * 25) and audio_seconds == 0.0, "no audio given, none written"
+    frames, _, audio_seconds = video_summary(out)
+    assert frames == round(20 / 30 * 25) and audio_seconds is None, "no audio given, none written"
 
 
 def test_generate_explains_missing_models(tmp_path, workspace, capsys):

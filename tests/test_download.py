@@ -19,6 +19,7 @@ from mmgt_core.models_table import MODEL_FILES, MODEL_FILES_BY_KEY
 
 FIXTURE_FOLDERS = {"vae": "stage2/tiny_vae", "image_encoder": "stage2/tiny_image_encoder",
                    "wav2vec2": "audio/wav2vec2_tiny"}
+CHUNK = 10 * 1024 * 1024  # huggingface_hub writes what arrives in chunks of this size
 
 
 def _bin(state: dict[str, torch.Tensor]) -> bytes:
@@ -58,6 +59,14 @@ def _key(model_key: str) -> str:
     return f"{remote.repo}/{remote.remote_path}"
 
 
+def _large_video_net(hub: HubServer) -> str:
+    """Serve a video net of one and a half download chunks; returns its hub key."""
+    key = _key("video_net")
+    data = torch.randint(0, 256, (CHUNK + CHUNK // 2,), dtype=torch.uint8).numpy().tobytes()
+    hub.state.files[key] = HubFile(data, lfs=True)
+    return key
+
+
 def test_downloads_exactly_the_missing_files_and_places_them_whole(hub, tmp_path):
     models = tmp_path / "models" / "mmgt"
     (models / "dwpose").mkdir(parents=True)
@@ -88,12 +97,9 @@ def test_downloads_exactly_the_missing_files_and_places_them_whole(hub, tmp_path
 
 def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path):
     models = tmp_path / "mmgt"
-    key = _key("video_net")
-    chunk = 10 * 1024 * 1024  # huggingface_hub writes what arrives in chunks of this size
-    hub.state.files[key] = HubFile(torch.randint(0, 256, (chunk + chunk // 2,), dtype=torch.uint8).numpy().tobytes(),
-                                   lfs=True)
+    key = _large_video_net(hub)
     size = len(hub.state.files[key].data)
-    hub.state.cut_after[key] = chunk + 1000
+    hub.state.cut_after[key] = CHUNK + 1000
     with pytest.raises(download.DownloadError, match="partial file is kept"):
         download.download_missing(models, "pose2video", endpoint=hub.endpoint, log=lambda _: None)
     part = models / download.STAGING_DIR / "net-32500.pth.part"
@@ -148,9 +154,7 @@ def test_cancel_reaches_the_caller_unchanged_and_the_next_run_resumes(hub, tmp_p
         pass
 
     models = tmp_path / "mmgt"
-    key = _key("video_net")
-    chunk = 10 * 1024 * 1024
-    hub.state.files[key] = HubFile(bytes(range(256)) * ((chunk + chunk // 2) // 256), lfs=True)
+    key = _large_video_net(hub)
     calls = []
 
     def cancel_after_first_chunk() -> None:
@@ -162,7 +166,7 @@ def test_cancel_reaches_the_caller_unchanged_and_the_next_run_resumes(hub, tmp_p
         download.download_missing(models, "pose2video", endpoint=hub.endpoint, check_cancel=cancel_after_first_chunk,
                                   log=lambda _: None)
     part = models / download.STAGING_DIR / "net-32500.pth.part"
-    assert part.stat().st_size == chunk
+    assert part.stat().st_size == CHUNK
     download.download_missing(models, "pose2video", endpoint=hub.endpoint, log=lambda _: None)
     assert (models / "net-32500.pth").read_bytes() == hub.state.files[key].data
-    assert [r for m, k, r in hub.state.log if m == "GET" and k == key][-1] == f"bytes={chunk}-"
+    assert [r for m, k, r in hub.state.log if m == "GET" and k == key][-1] == f"bytes={CHUNK}-"

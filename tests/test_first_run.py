@@ -7,7 +7,9 @@ import argparse
 import importlib
 import logging
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,14 +90,12 @@ def test_tiny_model_set_is_written_without_library_bars_or_warnings(tmp_path, ca
     assert "Writing model shards" not in out + err and "kept in float32" not in out + err
 
 
-def test_image_encoder_loader_refuses_a_wav2vec2_folder(fixtures_dir):
-    with pytest.raises(WeightsError, match="holds a wav2vec2 folder, not the CLIP"):
-        load_clip_image_encoder(fixtures_dir / "audio" / "wav2vec2_tiny")
-
-
-def test_wav2vec2_loader_refuses_a_clip_folder(fixtures_dir):
-    with pytest.raises(WeightsError, match="holds a CLIP vision image-encoder folder, not the wav2vec2"):
-        load_wav2vec2(fixtures_dir / "stage2" / "tiny_image_encoder")
+@pytest.mark.parametrize("loader, folder, match", [
+    (load_clip_image_encoder, "audio/wav2vec2_tiny", "holds a wav2vec2 folder, not the CLIP"),
+    (load_wav2vec2, "stage2/tiny_image_encoder", "holds a CLIP vision image-encoder folder, not the wav2vec2")])
+def test_folder_loaders_refuse_the_other_model_kind(fixtures_dir, loader, folder, match):
+    with pytest.raises(WeightsError, match=match):
+        loader(fixtures_dir / folder)
 
 
 def test_a_pickled_bin_with_objects_is_refused_with_a_clear_error(fixtures_dir, tmp_path):
@@ -149,9 +149,6 @@ def test_stage1_features_node_reports_short_audio_in_its_notes(comfy_host, fixtu
 
 
 def test_doctor_runs_from_a_comfyui_root_through_the_launcher(tmp_path):
-    import subprocess
-    from pathlib import Path
-
     pack = Path(__file__).resolve().parents[1]
     (tmp_path / "custom_nodes").mkdir()
     (tmp_path / "custom_nodes" / "ComfyUI-MMGT").symlink_to(pack)
@@ -172,8 +169,6 @@ def test_doctor_says_when_the_models_folder_does_not_exist(tmp_path):
 
 
 def test_doctor_node_shows_the_same_table(comfy_host):
-    from pathlib import Path
-
     from mmgt_core.cli_doctor import install_report
 
     folder = Path(comfy_host["folder_paths"].get_folder_paths("mmgt")[0])

@@ -64,13 +64,8 @@ def test_pyramid_matches_official_levels_exactly(official):
         torch.testing.assert_close(pyramids.lips[k].reshape(6, -1), levels[f"lips_mask_level{k}"], atol=1e-6, rtol=0)
 
 
-def _blank(frames: int = 1) -> torch.Tensor:
-    keypoints = torch.zeros(frames, 134, 3)
-    return keypoints
-
-
 def test_bbox_rules_points_at_zero_and_invisible_points_do_not_count():
-    keypoints = _blank()
+    keypoints = torch.zeros(1, 134, 3)
     keypoints[0, 24:30] = torch.tensor([[0.0, 50.0, 1.0], [60.0, 0.0, 1.0], [30.0, 40.0, 1.0],
                                         [80.0, 90.0, 1.0], [500.0, 500.0, 0.29], [0.9, 300.0, 1.0]])
     boxes = region_boxes(keypoints, FACE)
@@ -80,7 +75,7 @@ def test_bbox_rules_points_at_zero_and_invisible_points_do_not_count():
 
 
 def test_bbox_all_invisible_and_single_point_give_empty_masks():
-    keypoints = _blank(2)
+    keypoints = torch.zeros(2, 134, 3)
     keypoints[1, 92] = torch.tensor([40.0, 40.0, 1.0])  # one point: a degenerate box
     masks = motion_masks(PoseSequence(keypoints, 64, 64))
     assert masks.face.sum() == 0 and masks.hands.sum() == 0
@@ -88,7 +83,7 @@ def test_bbox_all_invisible_and_single_point_give_empty_masks():
 
 
 def test_a_missing_hand_adds_no_box_and_overlapping_boxes_are_united():
-    keypoints = _blank()
+    keypoints = torch.zeros(1, 134, 3)
     keypoints[0, LEFT_HAND.start : LEFT_HAND.stop, :2] = torch.linspace(10, 30, 21)[:, None]
     keypoints[0, LEFT_HAND.start : LEFT_HAND.stop, 2] = 1
     keypoints[0, 24:92, :2] = torch.linspace(20, 50, 68)[:, None]
@@ -100,7 +95,7 @@ def test_a_missing_hand_adds_no_box_and_overlapping_boxes_are_united():
 
 
 def test_masks_on_a_non_square_canvas_follow_the_latent_grid():
-    keypoints = _blank(3)
+    keypoints = torch.zeros(3, 134, 3)
     keypoints[:, 24:92, 0] = torch.linspace(100, 200, 68)
     keypoints[:, 24:92, 1] = torch.linspace(50, 120, 68)
     keypoints[:, 24:92, 2] = 1

@@ -9,7 +9,6 @@ CPU, and a recorder of ``nn.Module.to`` targets shows where the host's model man
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,18 +16,7 @@ import torch
 
 from executor import drop_undeclared_values, load_prompt, run
 from ui_to_api import convert
-from workflow_assets import (
-    API_TWINS_DIR,
-    UI_WORKFLOWS_DIR,
-    install_tiny_models,
-    with_tiny_overrides,
-    write_inputs,
-)
-
-try:
-    import onnx  # noqa: F401  (the DWPose stand-in models are built with it)
-except ImportError:
-    onnx = None
+from workflow_assets import API_TWINS_DIR, UI_WORKFLOWS_DIR, tiny_twin, with_tiny_overrides
 
 LOAD_DEVICE = torch.device("cpu", 0)
 OFFLOAD_DEVICE = torch.device("cpu")
@@ -54,14 +42,9 @@ class Placement:
 
 
 @pytest.fixture()
-def managed_host(comfy_host, fixtures_dir, monkeypatch):
+def managed_host(workflow_host, monkeypatch):
     """The stubbed ComfyUI with a distinct compute device, tiny models, inputs, and recorders of placements,
     patchers and forward passes."""
-    if onnx is None:
-        pytest.skip("the DWPose stand-in models need the dev package onnx")
-    folder_paths = comfy_host["folder_paths"]
-    install_tiny_models(Path(folder_paths.get_folder_paths("mmgt")[0]), fixtures_dir)
-    write_inputs(Path(folder_paths.get_input_directory()), fixtures_dir)
     import comfy.model_management as mm
     import comfy.model_patcher as mp
 
@@ -117,12 +100,8 @@ def managed_host(comfy_host, fixtures_dir, monkeypatch):
         return handle
 
     monkeypatch.setattr(host, "manage_model", naming_manage)
-    yield {**comfy_host, "mm": mm, "placement": placement, "patchers": patchers, "problems": problems,
+    yield {**workflow_host, "mm": mm, "placement": placement, "patchers": patchers, "problems": problems,
            "computed": computed, "name_of": network_name}
-
-
-def twin(name: str) -> dict[str, Any]:
-    return with_tiny_overrides(load_prompt(API_TWINS_DIR / f"{name}_api.json"))
 
 
 def loader_ids(prompt: dict[str, Any]) -> list[str]:
@@ -144,7 +123,7 @@ def with_cached_loaders(prompt: dict[str, Any], classes: dict[str, type], output
 
 def test_every_network_is_loaded_by_comfyui_before_it_computes_and_unloads_and_reloads(managed_host):
     mm, placement = managed_host["mm"], managed_host["placement"]
-    prompt = twin("mmgt_audio_to_video")
+    prompt = tiny_twin("mmgt_audio_to_video")
     first = run(prompt, managed_host["classes"])
 
     assert managed_host["problems"] == []
@@ -173,7 +152,7 @@ def test_a_run_that_does_not_fit_or_is_cancelled_leaves_no_model_half_moved(mana
     import mmgt_core.pipeline as pipeline
     from nodes.common import MMGTNodeError
 
-    prompt = twin("mmgt_pose_to_video")
+    prompt = tiny_twin("mmgt_pose_to_video")
     original_capacity = mm.simulate_device_capacity
 
     def too_small_for_the_video_net(patcher, device, whole):
@@ -223,7 +202,7 @@ def test_a_run_that_does_not_fit_or_is_cancelled_leaves_no_model_half_moved(mana
 def test_sample_video_also_returns_core_latent_in_the_vae_scale(managed_host):
     from mmgt_core.video.vae_codec import VAE_SCALING, decode_latents
 
-    prompt = twin("mmgt_pose_to_video")
+    prompt = tiny_twin("mmgt_pose_to_video")
     result = run(prompt, managed_host["classes"])
     sample_id = next(i for i, n in prompt.items() if n["class_type"] == "MMGT_SampleVideo")
     latents, core = result.outputs[sample_id]
@@ -278,11 +257,7 @@ def test_dtype_auto_follows_the_host_policy_and_an_explicit_choice_wins(managed_
     assert classes["MMGT_LoadImageEncoder"]().load("image_encoder", "fp16")[0].dtype == torch.bfloat16
     assert classes["MMGT_LoadVAE"]().load("sd-vae-ft-mse", "bf16")[0].dtype == torch.bfloat16
     for handle in (smga.handle, vae, encoder):
-        assert placement_is_offload(managed_host, handle.module), "loaders leave the weights on the offload device"
-
-
-def placement_is_offload(host_info: dict[str, Any], module: torch.nn.Module) -> bool:
-    return host_info["placement"].of(module) == {OFFLOAD_DEVICE}
+        assert managed_host["placement"].of(handle.module) == {OFFLOAD_DEVICE}, "loaders leave the weights offloaded"
 
 
 def test_decode_video_shrinks_its_chunk_to_the_free_device_memory(managed_host, monkeypatch):

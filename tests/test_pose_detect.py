@@ -276,13 +276,12 @@ def test_swapped_dwpose_files_are_reported(tmp_path):
         dw.DWPoseEstimator((pose, detector))
 
 
-def test_bad_image_and_backend_raise_input_error(tmp_path):
-    with pytest.raises(InputError, match="uint8"):
-        detect_reference_pose(np.zeros((64, 64, 3), np.float32), "dwpose", tmp_path)
-    with pytest.raises(InputError, match="H×W×3"):
-        detect_reference_pose(np.zeros((64, 64), np.uint8), "dwpose", tmp_path)
-    with pytest.raises(InputError, match="back end"):
-        detect_reference_pose(gray_image(), "openpose", tmp_path)  # type: ignore[arg-type]
+@pytest.mark.parametrize("image, backend, problem", [(np.zeros((64, 64, 3), np.float32), "dwpose", "uint8"),
+                                                     (np.zeros((64, 64), np.uint8), "dwpose", "H×W×3"),
+                                                     (gray_image(), "openpose", "back end")])
+def test_bad_image_and_backend_raise_input_error(tmp_path, image, backend, problem):
+    with pytest.raises(InputError, match=problem):
+        detect_reference_pose(image, backend, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ MediaPipe mapping

@@ -32,10 +32,8 @@ def random_person_sequence(frames: int = 3, offset: float = 100.0, size: float =
 
 def merge_people(*per_person_frames: list[dict]) -> list[dict]:
     """Frames holding every given person (in the given order)."""
-    merged = []
-    for frames in zip(*per_person_frames):
-        merged.append({**frames[0], "people": [person for frame in frames for person in frame["people"]]})
-    return merged
+    return [{**frames[0], "people": [person for frame in frames for person in frame["people"]]}
+            for frames in zip(*per_person_frames)]
 
 
 @pytest.mark.parametrize("people", [1, 3])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -81,20 +80,15 @@ def test_progress_is_reported_and_cancel_interrupts(speaker_input):
         run(load_prompt(WORKFLOWS / "pose_nodes_api.json"), speaker_input["classes"])
 
 
-def test_executor_rejects_bad_links_and_values(speaker_input):
+@pytest.mark.parametrize("node, name, value, problem", [
+    ("4", "keypoints", ["2", 0], "expects MMGT_KEYPOINTS"),  # IMAGE into MMGT_KEYPOINTS
+    ("1", "fps", 500.0, "bigger than max"),
+    ("1", "file", "nope.json", "not one of")])
+def test_executor_rejects_bad_links_and_values(speaker_input, node, name, value, problem):
     prompt = load_prompt(WORKFLOWS / "pose_nodes_api.json")
-    wrong_type = copy.deepcopy(prompt)
-    wrong_type["4"]["inputs"]["keypoints"] = ["2", 0]  # IMAGE into MMGT_KEYPOINTS
-    with pytest.raises(WorkflowError, match="expects MMGT_KEYPOINTS"):
-        validate(wrong_type, speaker_input["classes"])
-    out_of_range = copy.deepcopy(prompt)
-    out_of_range["1"]["inputs"]["fps"] = 500.0
-    with pytest.raises(WorkflowError, match="bigger than max"):
-        validate(out_of_range, speaker_input["classes"])
-    missing_file = copy.deepcopy(prompt)
-    missing_file["1"]["inputs"]["file"] = "nope.json"
-    with pytest.raises(WorkflowError, match="not one of"):
-        validate(missing_file, speaker_input["classes"])
+    prompt[node]["inputs"][name] = value
+    with pytest.raises(WorkflowError, match=problem):
+        validate(prompt, speaker_input["classes"])
 
 
 def test_node_errors_name_the_node_and_input(speaker_input, tmp_path):

@@ -36,8 +36,9 @@ from workflow_assets import (
     REPO_ROOT,
     install_tiny_models,
     load_twin,
+    tiny_twin,
     ui_workflow_names,
-    with_tiny_overrides,
+    video_summary,
     write_inputs,
 )
 
@@ -198,10 +199,8 @@ def test_ui_workflow_converts_to_its_twin_with_the_real_node_definitions(comfyui
 
 @pytest.mark.parametrize("name", ui_workflow_names())
 def test_api_twin_runs_and_saves_the_expected_videos(comfyui, name):
-    import av
-
     started = time.monotonic()
-    answer = comfyui.post_prompt(with_tiny_overrides(load_twin(name)))
+    answer = comfyui.post_prompt(tiny_twin(name))
     assert answer.get("node_errors") == {}, answer
     entry = comfyui.wait_for_history(answer["prompt_id"])
     seconds = time.monotonic() - started
@@ -215,12 +214,7 @@ def test_api_twin_runs_and_saves_the_expected_videos(comfyui, name):
         matches = [path for file, path in saved.items() if path.parent.name == folder and
                    file.startswith(f"{stem}_0")]
         assert len(matches) == 1, f"{prefix}: saved files {sorted(saved)}"
-        with av.open(str(matches[0])) as container:
-            fps = float(container.streams.video[0].average_rate)
-            decoded = sum(1 for _ in container.decode(video=0))
-        with av.open(str(matches[0])) as container:
-            audio = container.streams.audio[0] if container.streams.audio else None
-            audio_length = float(audio.duration * audio.time_base) if audio is not None and audio.duration else None
+        decoded, fps, audio_length = video_summary(matches[0])
         assert (decoded, fps) == (frames, 25.0), prefix
         assert (audio_length is None) == (audio_seconds is None), prefix
         if audio_seconds is not None:
@@ -234,7 +228,7 @@ STAGE2_NETWORKS = {"MMGT_VideoNet", "MMGT_AutoencoderKL", "MMGT_CLIPVisionModelW
 
 
 def test_our_models_are_loaded_by_comfyui_and_unload_models_frees_them(comfyui):
-    answer = comfyui.post_prompt(with_tiny_overrides(load_twin("mmgt_audio_to_video")))
+    answer = comfyui.post_prompt(tiny_twin("mmgt_audio_to_video"))
     assert comfyui.wait_for_history(answer["prompt_id"])["status"]["status_str"] == "success"
     requested = {line.split("Requested to load ")[1].strip() for line in comfyui.log().splitlines()
                  if "Requested to load MMGT_" in line}

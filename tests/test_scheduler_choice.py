@@ -4,18 +4,14 @@ and Sample Video take the choice."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from diffusers import DDIMScheduler
-from test_stage2_sampler import _conditioning
 
 from mmgt_core.errors import InputError
-from mmgt_core.video.net import VideoNet, load_video_net
 from mmgt_core.video.sampler import SamplingSettings, sample_latents
 from mmgt_core.video.scheduler import SCHEDULERS, inference_timesteps, make_scheduler, scheduler_step
-from tiny_fixture import tiny_net_config
+from tiny_fixture import random_conditioning
 
 
 def test_default_is_the_released_ddim_and_every_solver_shares_its_config():
@@ -47,18 +43,13 @@ def test_each_solver_reaches_the_clean_sample_with_an_exact_v_predictor(name):
     torch.testing.assert_close(latents, clean, atol=2e-3, rtol=0)
 
 
-@pytest.fixture(scope="module")
-def tiny_net(fixtures_dir: Path) -> VideoNet:
-    return load_video_net(fixtures_dir / "stage2" / "net_tiny.safetensors", tiny_net_config(fixtures_dir))
-
-
 def relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
 def test_fifteen_solver_steps_land_near_thirty_ddim_steps_on_the_tiny_net(tiny_net):
     """The number the issue asks for, on the tiny fixture net (random weights; real-weight quality unmeasured)."""
-    cond = _conditioning(tiny_net, frames=4, width=64, height=64)
+    cond = random_conditioning(tiny_net, frames=4, width=64, height=64)
 
     def run(name: str, steps: int) -> torch.Tensor:
         settings = SamplingSettings(width=64, height=64, steps=steps, scheduler=name, context_frames=4,

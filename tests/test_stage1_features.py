@@ -45,14 +45,8 @@ EDGE_FLOAT_RTOL = 1e-3
 
 
 @pytest.fixture(scope="module")
-def audio_dir(fixtures_dir):
-    return fixtures_dir / "audio"
-
-
-@pytest.fixture(scope="module")
 def speech(audio_dir):
-    wave, rate = soundfile.read(str(audio_dir / "speech_3p2s_16k.wav"), dtype="float32")
-    return wave, rate
+    return soundfile.read(str(audio_dir / "speech_3p2s_16k.wav"), dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from scipy.io import wavfile
 
 from executor import load_prompt, run
 from mmgt_core.keypoints import PoseSequence
@@ -23,9 +25,6 @@ SPEECH = ("Good morning everyone. Today I want to tell you a short story about g
 
 def make_speech(path: Path, seconds: float = 20.0) -> None:
     """Speech from espeak-ng, trimmed or padded with silence to exactly ``seconds`` at 16 kHz."""
-    import numpy as np
-    from scipy.io import wavfile
-
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
     raw = path.with_suffix(".raw.wav")

@@ -24,11 +24,6 @@ PARITY_ATOL = 1e-4  # fixture README: module-level parity; 1 vs 2 threads moves 
 
 
 @pytest.fixture(scope="module")
-def audio_dir(fixtures_dir: Path) -> Path:
-    return fixtures_dir / "audio"
-
-
-@pytest.fixture(scope="module")
 def tiny_wav2vec(audio_dir: Path) -> torch.nn.Module:
     return load_wav2vec2(audio_dir / "wav2vec2_tiny")
 

@@ -9,21 +9,18 @@ import torch
 
 from executor import run
 from test_stage1_nodes import make_speech
-from workflow_assets import install_tiny_models, load_twin, with_tiny_overrides, write_inputs
+from workflow_assets import tiny_twin
 
 
-def test_ten_seconds_of_speech_render_250_frames_at_448x256_with_sound(comfy_host, fixtures_dir):
-    folder_paths = comfy_host["folder_paths"]
-    install_tiny_models(Path(folder_paths.get_folder_paths("mmgt")[0]), fixtures_dir)
-    inputs = Path(folder_paths.get_input_directory())
-    write_inputs(inputs, fixtures_dir)
-    make_speech(inputs / "speech_10s.wav", seconds=10.0)
-    prompt = with_tiny_overrides(load_twin("mmgt_audio_to_video"))
+def test_ten_seconds_of_speech_render_250_frames_at_448x256_with_sound(workflow_host):
+    folder_paths = workflow_host["folder_paths"]
+    make_speech(Path(folder_paths.get_input_directory()) / "speech_10s.wav", seconds=10.0)
+    prompt = tiny_twin("mmgt_audio_to_video")
     prompt["2"]["inputs"]["audio"] = "speech_10s.wav"
     prompt["12"]["inputs"]["dtype"] = "bf16"  # bf16 is ~2x faster on CPUs; this test checks the plumbing
     prompt["15"]["inputs"].update(width=448, height=256, context_overlap=2)
 
-    result = run(prompt, comfy_host["classes"])
+    result = run(prompt, workflow_host["classes"])
 
     keypoints = result.outputs["7"][0]
     assert keypoints.num_frames == 250

@@ -20,7 +20,6 @@ from safetensors.torch import load_file
 
 from mmgt_core.errors import Cancelled
 from mmgt_core.video.conditioning import BranchMasks, clip_image_embeds, load_clip_image_encoder, reference_latent
-from mmgt_core.video.net import load_video_net
 from mmgt_core.video.sampler import (
     SamplingSettings,
     VideoConditioning,
@@ -30,7 +29,6 @@ from mmgt_core.video.sampler import (
 )
 from mmgt_core.video.scheduler import ddim_step, inference_timesteps, make_scheduler
 from mmgt_core.video.vae_codec import decode_latents
-from tiny_fixture import tiny_net_config
 
 SEED = 1049
 STEP0_ATOL = 1e-3  # README 4e: step 0 at about 1e-3 (1 vs 2 threads alone moves the run by 2e-3 after 3 steps)
@@ -39,27 +37,20 @@ FINAL_ATOL = 5e-3  # README 4e: final latents and video loosely, 5e-3
 
 
 @pytest.fixture(scope="module")
-def case(fixtures_dir: Path) -> SimpleNamespace:
+def case(stage2: Path, tiny_net, tiny_vae) -> SimpleNamespace:
     """The tiny models and the official run's inputs, rebuilt with our conditioning code."""
-    from diffusers import AutoencoderKL
-
-    stage2 = fixtures_dir / "stage2"
     official = load_file(stage2 / "pipeline_run.safetensors")
-    info = json.loads((stage2 / "stage2_info.json").read_text())
-    run_info = info["pipeline"]
-    config = tiny_net_config(fixtures_dir)
-    net = load_video_net(stage2 / "net_tiny.safetensors", config)
-    vae = AutoencoderKL.from_pretrained(stage2 / "tiny_vae").eval()
+    run_info = json.loads((stage2 / "stage2_info.json").read_text())["pipeline"]
     encoder = load_clip_image_encoder(stage2 / "tiny_image_encoder")
     image = Image.open(stage2 / "reference_image.png")
     width, height = run_info["width"], run_info["height"]
     with torch.no_grad():
-        audio_tokens = net.audioproj(official["audio_window"])[0]
+        audio_tokens = tiny_net.audioproj(official["audio_window"])[0]
     masks = BranchMasks(*([official[f"{branch}_mask_level{level}"] for level in range(4)]
                           for branch in ("full", "face", "lip")))
     cond = VideoConditioning(
         image_embeds=clip_image_embeds(encoder, image),
-        reference_latent=reference_latent(vae, image, width, height),
+        reference_latent=reference_latent(tiny_vae, image, width, height),
         pose_frames=torch.from_numpy(np.load(stage2 / "pipeline_pose_frames_512.npz")["pose_rgb"]),
         masks=masks,
         audio_tokens=audio_tokens,
@@ -69,7 +60,7 @@ def case(fixtures_dir: Path) -> SimpleNamespace:
         branch_weights=tuple(run_info["motion_scale"]), context_frames=run_info["context_frames"],
         context_overlap=run_info["context_overlap"], context_schedule="closed_loop",
     )
-    return SimpleNamespace(official=official, net=net, vae=vae, cond=cond, settings=settings)
+    return SimpleNamespace(official=official, net=tiny_net, vae=tiny_vae, cond=cond, settings=settings)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,36 +28,18 @@ from mmgt_core.video.conditioning import (
     zero_branch_masks,
 )
 from mmgt_core.video.context import blend_ramp, closed_loop_indices, context_windows
-from mmgt_core.video.net import VideoNet, load_video_net
-from mmgt_core.video.sampler import SamplingSettings, VideoConditioning, project_audio, sample_latents
+from mmgt_core.video.net import VideoNet
+from mmgt_core.video.sampler import SamplingSettings, project_audio, sample_latents
 from mmgt_core.video.scheduler import RELEASED_SCHEDULER_CONFIG, ddim_step, inference_timesteps, make_scheduler
 from mmgt_core.video.vae_codec import decode_latents, encode_images
-from tiny_fixture import tiny_net_config
+from tiny_fixture import random_conditioning
 
 MODULE_ATOL = 1e-4  # fixture README: module-level parity
 
 
 @pytest.fixture(scope="module")
-def stage2(fixtures_dir: Path) -> Path:
-    return fixtures_dir / "stage2"
-
-
-@pytest.fixture(scope="module")
 def pipeline_run(stage2: Path) -> dict[str, torch.Tensor]:
     return load_file(stage2 / "pipeline_run.safetensors")
-
-
-@pytest.fixture(scope="module")
-def tiny_vae(stage2: Path):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(stage2 / "tiny_vae").eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_net(stage2: Path) -> VideoNet:
-    config = tiny_net_config(stage2.parent)
-    return load_video_net(stage2 / "net_tiny.safetensors", config)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,9 +191,7 @@ def test_released_mask_mode_matches_official(fixtures_dir: Path, region_masks) -
 
 
 def test_mask_modes_change_only_the_full_branch_and_unknown_modes_are_refused() -> None:
-    face = [torch.rand(3, 4, 4) for _ in range(4)]
-    lips = [torch.rand(3, 4, 4) for _ in range(4)]
-    hands = [torch.rand(3, 4, 4) for _ in range(4)]
+    face, lips, hands = ([torch.rand(3, 4, 4) for _ in range(4)] for _ in range(3))
     paper = compose_branch_masks(face, lips, hands, "paper")
     training = compose_branch_masks(face, lips, hands, "training")
     released = compose_branch_masks(face, lips, hands)
@@ -261,21 +242,6 @@ def test_chunked_encode_matches_single_batch(pipeline_run, tiny_vae) -> None:
 # Sampler behaviour on the tiny network
 
 
-def _conditioning(net: VideoNet, frames: int, width: int, height: int, audio: bool = True) -> VideoConditioning:
-    generator = torch.Generator().manual_seed(7)
-    embed_dim = net.config.unet.cross_attention_dim
-    audio_proj = net.config.audio_proj
-    features = torch.randn(frames, audio_proj.blocks, audio_proj.channels, generator=generator)
-    pose = (torch.rand(frames, height, width, 3, generator=generator) * 255).to(torch.uint8)
-    return VideoConditioning(
-        image_embeds=torch.randn(1, embed_dim, generator=generator),
-        reference_latent=torch.randn(1, 4, height // 8, width // 8, generator=generator) * 0.5,
-        pose_frames=pose,
-        masks=zero_branch_masks(frames, width, height),
-        audio_tokens=project_audio(net.audioproj, features) if audio else None,
-    )
-
-
 def test_project_audio_uses_clamped_windows(tiny_net: VideoNet, fixtures_dir: Path) -> None:
     features = load_file(fixtures_dir / "audio" / "wav2vec2_features.safetensors")["audio_emb_noclip"]
     official = load_file(fixtures_dir / "stage2" / "audioproj_io.safetensors")
@@ -285,7 +251,7 @@ def test_project_audio_uses_clamped_windows(tiny_net: VideoNet, fixtures_dir: Pa
 
 
 def test_non_square_sampling_runs_the_pose_guider_per_window_and_reports_each_window(tiny_net: VideoNet) -> None:
-    cond = _conditioning(tiny_net, frames=20, width=128, height=64)
+    cond = random_conditioning(tiny_net, frames=20, width=128, height=64)
     pose_calls: list[int] = []
     handle = tiny_net.pose_guider.register_forward_hook(lambda _m, inputs, _o: pose_calls.append(inputs[0].shape[2]))
     reported: list[tuple[int, int]] = []
@@ -304,21 +270,18 @@ def test_non_square_sampling_runs_the_pose_guider_per_window_and_reports_each_wi
 
 
 def test_pose_driven_sampling_runs_without_audio_tokens(tiny_net: VideoNet) -> None:
-    cond = _conditioning(tiny_net, frames=6, width=64, height=64, audio=False)
+    cond = random_conditioning(tiny_net, frames=6, width=64, height=64, audio=False)
     latents = sample_latents(tiny_net, cond, SamplingSettings(width=64, height=64, steps=1, guidance_scale=1.0),
                              torch.Generator().manual_seed(0))
     assert latents.shape == (1, 4, 6, 8, 8) and torch.isfinite(latents).all()
 
 
 def test_length_and_size_disagreements_raise_input_errors(tiny_net: VideoNet) -> None:
-    cond = _conditioning(tiny_net, frames=6, width=64, height=64)
+    cond = random_conditioning(tiny_net, frames=6, width=64, height=64)
     settings = SamplingSettings(width=64, height=64, steps=1)
-    short_masks = VideoConditioning(cond.image_embeds, cond.reference_latent, cond.pose_frames,
-                                    zero_branch_masks(5, 64, 64), cond.audio_tokens)
     with pytest.raises(InputError, match="masks.*5 frames.*6"):
-        sample_latents(tiny_net, short_masks, settings)
-    long_audio = VideoConditioning(cond.image_embeds, cond.reference_latent, cond.pose_frames, cond.masks,
-                                   torch.cat([cond.audio_tokens, cond.audio_tokens]))
+        sample_latents(tiny_net, replace(cond, masks=zero_branch_masks(5, 64, 64)), settings)
+    long_audio = replace(cond, audio_tokens=torch.cat([cond.audio_tokens, cond.audio_tokens]))
     with pytest.raises(InputError, match="audio.*12 frames.*6"):
         sample_latents(tiny_net, long_audio, settings)
     with pytest.raises(InputError, match="multiples of 64"):
@@ -328,7 +291,7 @@ def test_length_and_size_disagreements_raise_input_errors(tiny_net: VideoNet) ->
 
 
 def test_a_cancel_at_the_first_check_stops_sampling(tiny_net: VideoNet) -> None:
-    cond = _conditioning(tiny_net, frames=4, width=64, height=64)
+    cond = random_conditioning(tiny_net, frames=4, width=64, height=64)
 
     def cancel() -> None:
         raise Cancelled("stop")

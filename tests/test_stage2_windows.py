@@ -4,6 +4,7 @@ one settings type, and the guards against inputs that would not fit."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 from mmgt_core.errors import InputError
 from mmgt_core.keypoints import PoseSequence
-from mmgt_core.masks import keypoint_mask_pyramids, motion_mask_pyramids, motion_masks
+from mmgt_core.masks import motion_mask_pyramids, motion_masks
 from mmgt_core.pipeline import VideoInputs, VideoPipeline
 from mmgt_core.render import render_pose_video
 from mmgt_core.video.bench import moving_pose
@@ -25,27 +26,10 @@ from mmgt_core.video.conditioning import (
     load_clip_image_encoder,
     pose_window,
 )
-from mmgt_core.video.net import VideoNet, load_video_net
-from mmgt_core.video.sampler import VideoConditioning, sample_latents
+from mmgt_core.video.net import VideoNet
+from mmgt_core.video.sampler import sample_latents
 from mmgt_core.video.settings import RELEASED, VideoSettings
-from tiny_fixture import tiny_net_config
-
-
-@pytest.fixture(scope="module")
-def stage2(fixtures_dir: Path) -> Path:
-    return fixtures_dir / "stage2"
-
-
-@pytest.fixture(scope="module")
-def tiny_net(stage2: Path, fixtures_dir: Path) -> VideoNet:
-    return load_video_net(stage2 / "net_tiny.safetensors", tiny_net_config(fixtures_dir))
-
-
-@pytest.fixture(scope="module")
-def tiny_vae(stage2: Path):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(stage2 / "tiny_vae").eval()
+from tiny_fixture import random_conditioning
 
 
 def _windows() -> list[torch.Tensor]:
@@ -64,7 +48,7 @@ def test_pose_frames_drawn_per_window_equal_the_whole_drawing() -> None:
         assert torch.equal(source.window(window, 128, 64), pose_window(whole, window, 128, 64))
 
 
-def test_masks_per_window_equal_the_whole_pyramid_and_the_motion_mask_path() -> None:
+def test_masks_per_window_equal_the_whole_pyramid() -> None:
     pose = moving_pose(20, 128, 64)
     for mode in ("released", "paper", "training"):
         whole_pyramids = motion_mask_pyramids(motion_masks(pose))  # full-resolution masks first, then pyramids
@@ -76,25 +60,15 @@ def test_masks_per_window_equal_the_whole_pyramid_and_the_motion_mask_path() -> 
             for branch in ("full", "face", "lips"):
                 for got, want in zip(getattr(part, branch), getattr(expected, branch)):
                     assert torch.equal(got, want), (mode, branch)
-    chunked = keypoint_mask_pyramids(pose, chunk=3)
-    for got, want in zip(chunked.face_hands, whole_pyramids.face_hands):
-        assert torch.equal(got, want)
-    assert any(level.sum() > 0 for level in chunked.face_hands), "the synthetic pose must have face/hand boxes"
+    assert any(level.sum() > 0 for level in whole_pyramids.face_hands), "the synthetic pose must have face/hand boxes"
 
 
 def test_sampling_with_per_window_sources_equals_the_whole_video_path(tiny_net: VideoNet) -> None:
     frames, width, height = 20, 128, 64
     pose = moving_pose(frames, width, height)
-    generator = torch.Generator().manual_seed(5)
-    embeds = torch.randn(1, tiny_net.config.unet.cross_attention_dim, generator=generator)
-    reference = torch.randn(1, 4, height // 8, width // 8, generator=generator) * 0.5
-    features = torch.randn(frames, tiny_net.config.audio_proj.blocks, tiny_net.config.audio_proj.channels,
-                           generator=generator)
-    from mmgt_core.video.sampler import project_audio
-
-    tokens = project_audio(tiny_net.audioproj, features)
-    lazy = VideoConditioning(embeds, reference, KeypointPoseFrames(pose), KeypointBranchMasks(pose), tokens)
-    whole = VideoConditioning(embeds, reference, render_pose_video(pose), KeypointBranchMasks(pose).whole(), tokens)
+    base = random_conditioning(tiny_net, frames, width, height)
+    lazy = replace(base, pose_frames=KeypointPoseFrames(pose), masks=KeypointBranchMasks(pose))
+    whole = replace(base, pose_frames=render_pose_video(pose), masks=KeypointBranchMasks(pose).whole())
     for schedule in ("open", "closed_loop"):
         settings = VideoSettings(width=width, height=height, steps=2, context_schedule=schedule)
         got = sample_latents(tiny_net, lazy, settings, torch.Generator().manual_seed(1))
@@ -161,21 +135,15 @@ def test_released_defaults_are_read_by_the_node_and_the_cli(comfy_host) -> None:
     from mmgt_core.cli_generate import build_parser
 
     sample = comfy_host["classes"]["MMGT_SampleVideo"].INPUT_TYPES()["required"]
-    widget_defaults = {name: sample[name][1]["default"] for name in ("width", "height", "seed", "steps", "cfg",
-                                                                      "mask_mode", "context_frames",
-                                                                      "context_overlap", "context_schedule")}
-    assert widget_defaults == {"width": RELEASED.width, "height": RELEASED.height, "seed": RELEASED.seed,
-                               "steps": RELEASED.steps, "cfg": RELEASED.guidance_scale,
-                               "mask_mode": RELEASED.mask_mode, "context_frames": RELEASED.context_frames,
-                               "context_overlap": RELEASED.context_overlap,
-                               "context_schedule": RELEASED.context_schedule}
+    released = {"width": RELEASED.width, "height": RELEASED.height, "seed": RELEASED.seed, "steps": RELEASED.steps,
+                "cfg": RELEASED.guidance_scale, "mask_mode": RELEASED.mask_mode,
+                "context_frames": RELEASED.context_frames, "context_overlap": RELEASED.context_overlap,
+                "context_schedule": RELEASED.context_schedule}  # widget and CLI option names alike
+    assert {name: sample[name][1]["default"] for name in released} == released
     weights = tuple(sample[name][1]["default"] for name in ("full_weight", "face_weight", "lips_weight"))
     assert weights == RELEASED.branch_weights
-    args = build_parser().parse_args(["--image", "a.png", "--out", "b.mp4"])
-    assert (args.width, args.height, args.seed, args.steps, args.cfg, args.context_frames, args.context_overlap,
-            args.context_schedule, args.mask_mode) == (
-        RELEASED.width, RELEASED.height, RELEASED.seed, RELEASED.steps, RELEASED.guidance_scale,
-        RELEASED.context_frames, RELEASED.context_overlap, RELEASED.context_schedule, RELEASED.mask_mode)
+    args = vars(build_parser().parse_args(["--image", "a.png", "--out", "b.mp4"]))
+    assert {name: args[name] for name in released} == released
     optional = comfy_host["classes"]["MMGT_SampleVideo"].INPUT_TYPES()["optional"]
     assert optional["keypoints"][0] == "MMGT_KEYPOINTS"
     assert {"pose_frames", "face_hands_mask", "lips_mask"} <= set(optional)

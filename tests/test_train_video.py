@@ -9,6 +9,7 @@ Models are the tiny official fixtures (tiny SD1.5-layout UNet, tiny VAE, CLIP, W
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from fractions import Fraction
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from scipy.io import wavfile
 
 from mmgt_core.errors import InputError, WeightsError
 from mmgt_core.keypoints import PoseSequence, normalize
@@ -121,11 +123,9 @@ def write_vfr_video(path: Path, width: int = 96, height: int = 80) -> np.ndarray
 
 def prepare_config(fixtures: Path, videos: Path, out: Path, **changes) -> PrepareConfig:
     audio = fixtures / "audio"
-    config = PrepareConfig(input_dir=str(videos), out_dir=str(out), width=SIZE, height=SIZE, pose_backend="sidecar",
-                           wavlm=str(audio / "wavlm_tiny" / "WavLM-tiny.pt"), wav2vec=str(audio / "wav2vec2_tiny"))
-    for name, value in changes.items():
-        setattr(config, name, value)
-    return config
+    return PrepareConfig(input_dir=str(videos), out_dir=str(out), width=SIZE, height=SIZE, pose_backend="sidecar",
+                         wavlm=str(audio / "wavlm_tiny" / "WavLM-tiny.pt"), wav2vec=str(audio / "wav2vec2_tiny"),
+                         **changes)
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +229,6 @@ def test_second_run_skips_finished_videos_and_vfr_can_be_resampled(dataset, fixt
 
 # ---------------------------------------------------------------------------------------------------------------
 # Training
-
-
 
 
 def train_config(step: int, manifest: Path, out: Path, fixtures: Path, init_net: Path | None = None,
@@ -375,8 +373,6 @@ def test_step2_export_loads_in_the_stage2_node_and_renders(step1_run, dataset, f
     pose = render_pose_video(sequence).float() / 255
     masks = motion_masks(sequence)
     reference = torch.from_numpy(FrameReader(manifest.path(clip, "frames").parent).read([0])).float() / 255
-    from scipy.io import wavfile
-
     rate, pcm = wavfile.read(manifest.path(clip, "audio"))
     audio = {"waveform": torch.from_numpy(pcm.astype(np.float32) / 32768)[None, None, : 12 * 640], "sample_rate": rate}
     features, frames, _notes = classes["MMGT_Stage2AudioFeatures"]().encode(audio, wav2vec)
@@ -409,11 +405,8 @@ def test_missing_files_in_the_manifest_fail_before_any_model_loads(dataset, fixt
 
 def test_eight_bit_optimizer_without_bitsandbytes_is_a_clear_error(dataset, fixtures_dir, tmp_path):
     pytest.importorskip("accelerate")
-    try:
-        import bitsandbytes  # noqa: F401
+    if importlib.util.find_spec("bitsandbytes") is not None:
         pytest.skip("bitsandbytes is installed here")
-    except ImportError:
-        pass
     config = train_config(1, dataset["manifest"], tmp_path, fixtures_dir)
     config.optim.optimizer = "adamw8bit"
     with pytest.raises(InputError, match="bitsandbytes"):

@@ -30,10 +30,6 @@ from tiny_fixture import tiny_net_config
 ATOL = 1e-4
 
 
-
-tiny_config = tiny_net_config
-
-
 @pytest.fixture(scope="module")
 def net_state(fixtures_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(fixtures_dir / "stage2" / "net_tiny.safetensors")
@@ -43,10 +39,12 @@ def _component(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
-def test_fullsize_state_dict_equals_official_manifest(fixtures_dir):
+def test_fullsize_state_dict_equals_official_manifest_and_holds_every_tensor(fixtures_dir):
     manifest = json.loads((fixtures_dir / "stage2" / "net_fullsize_sd15_manifest.json").read_text())
     with torch.device("meta"):
         net = VideoNet(VideoNetConfig.sd15(), zero_init=False)
+    # load_video_net gives storage with to_empty(); a tensor that is not saved would stay garbage
+    assert {name for name, _ in [*net.named_parameters(), *net.named_buffers()]} == set(net.state_dict())
     ours = {key: list(value.shape) for key, value in net.state_dict().items()}
     assert len(ours) == 2232
     assert ours == manifest
@@ -58,22 +56,13 @@ def test_fullsize_state_dict_equals_official_manifest(fixtures_dir):
     assert ours["denoising_unet.down_blocks.2.audio_modules.0.proj_in.weight"] == [640, 1280, 1, 1]
 
 
-def test_every_tensor_is_in_the_state_dict():
-    """load_video_net gives storage with to_empty(); anything not saved would stay garbage."""
-    with torch.device("meta"):
-        net = VideoNet(VideoNetConfig.sd15(), zero_init=False)
-    saved = set(net.state_dict())
-    tensors = {name for name, _ in [*net.named_parameters(), *net.named_buffers()]}
-    assert tensors == saved
-
-
 def test_config_round_trips_through_json(fixtures_dir):
-    config = tiny_config(fixtures_dir)
+    config = tiny_net_config(fixtures_dir)
     assert VideoNetConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_tiny_net_loads_strictly_and_rejects_a_broken_file(fixtures_dir, net_state):
-    net = load_video_net(net_state, tiny_config(fixtures_dir))
+    net = load_video_net(net_state, tiny_net_config(fixtures_dir))
     assert not net.training
     loaded = net.state_dict()
     key = "denoising_unet.down_blocks.1.audio_modules.0.transformer_blocks.0.attn2_2.to_k.weight"
@@ -81,12 +70,12 @@ def test_tiny_net_loads_strictly_and_rejects_a_broken_file(fixtures_dir, net_sta
     broken = dict(net_state)
     broken.pop(key)
     with pytest.raises(WeightsError, match="missing"):
-        load_video_net(broken, tiny_config(fixtures_dir))
+        load_video_net(broken, tiny_net_config(fixtures_dir))
 
 
 def test_audioproj_matches_official_and_refuses_a_wrong_feature_width(fixtures_dir, net_state):
     io = load_file(fixtures_dir / "stage2" / "audioproj_io.safetensors")
-    model = AudioProjModel(tiny_config(fixtures_dir).audio_proj)
+    model = AudioProjModel(tiny_net_config(fixtures_dir).audio_proj)
     strict_load(model, _component(net_state, "audioproj."), "audioproj", "net_tiny")
     with torch.no_grad():
         out = model(io["input"])
@@ -97,7 +86,7 @@ def test_audioproj_matches_official_and_refuses_a_wrong_feature_width(fixtures_d
 
 def test_pose_guider_matches_official(fixtures_dir, net_state):
     io = load_file(fixtures_dir / "stage2" / "pose_guider_io.safetensors")
-    model = PoseGuider(tiny_config(fixtures_dir).pose_guider)
+    model = PoseGuider(tiny_net_config(fixtures_dir).pose_guider)
     strict_load(model, _component(net_state, "pose_guider."), "pose_guider", "net_tiny")
     pose = io["input_uint8_LHWC"].permute(3, 0, 1, 2)[None].float() / 255
     with torch.no_grad():
@@ -107,7 +96,7 @@ def test_pose_guider_matches_official(fixtures_dir, net_state):
 
 @pytest.fixture(scope="module")
 def reference_net(fixtures_dir, net_state) -> ReferenceNet:
-    net = ReferenceNet.from_unet_config(tiny_config(fixtures_dir).unet)
+    net = ReferenceNet.from_unet_config(tiny_net_config(fixtures_dir).unet)
     strict_load(net, _component(net_state, "reference_unet."), "reference_unet", "net_tiny")
     return net.eval()
 

@@ -21,10 +21,6 @@ ATOL = 1e-4
 CFG_ROWS = (False, True)  # batch [uncond; cond]: only the conditional half reads the reference
 
 
-
-tiny_config = tiny_net_config
-
-
 def official_reference(net: VideoNet, latent: torch.Tensor, embeds: torch.Tensor):
     """The pipeline's reference: ReferenceNet on [zeros; CLIP] (official batch), conditional row kept."""
     context = embeds.reshape(1, 1, -1)
@@ -34,19 +30,14 @@ def official_reference(net: VideoNet, latent: torch.Tensor, embeds: torch.Tensor
 
 
 @pytest.fixture(scope="module")
-def net(fixtures_dir: Path) -> VideoNet:
-    return load_video_net(fixtures_dir / "stage2" / "net_tiny.safetensors", tiny_config(fixtures_dir))
-
-
-@pytest.fixture(scope="module")
-def case(fixtures_dir: Path, net: VideoNet) -> SimpleNamespace:
+def case(fixtures_dir: Path, tiny_net: VideoNet) -> SimpleNamespace:
     """The fixture's CFG batch, built the way the official pipeline builds it."""
     io = load_file(fixtures_dir / "stage2" / "unet_forward_io.safetensors")
     tokens = load_file(fixtures_dir / "stage2" / "audioproj_io.safetensors")["output"]
     pose = load_file(fixtures_dir / "stage2" / "pose_guider_io.safetensors")["output"]
     embeds = io["clip_image_embeds"][:, None]
     levels = range(4)
-    reference = official_reference(net, io["ref_latent"], io["clip_image_embeds"])
+    reference = official_reference(tiny_net, io["ref_latent"], io["clip_image_embeds"])
     return SimpleNamespace(
         io=io,
         sample=io["latents"].repeat(2, 1, 1, 1, 1),
@@ -69,51 +60,51 @@ def run(net: VideoNet, case: SimpleNamespace, **overrides) -> torch.Tensor:
     return net.denoising_unet(sample, case.timestep, kwargs.pop("context", case.context), **kwargs)
 
 
-def test_released_weighted_forward_matches_official(net, case):
+def test_released_weighted_forward_matches_official(tiny_net, case):
     with torch.no_grad():
-        out = run(net, case, branch_weights=(1.0, 1.0, 2.0))
+        out = run(tiny_net, case, branch_weights=(1.0, 1.0, 2.0))
     torch.testing.assert_close(out, case.io["out_released_train_gc_scale112"], atol=ATOL, rtol=0)
     with torch.no_grad():
-        default = run(net, case)
+        default = run(tiny_net, case)
     assert torch.equal(default, out)  # [1, 1, 2] is the default
 
 
-def test_unweighted_forward_matches_official_eval(net, case):
+def test_unweighted_forward_matches_official_eval(tiny_net, case):
     with torch.no_grad():
-        out = run(net, case, branch_weights=None)
-        ones = run(net, case, branch_weights=(1, 1, 1))
+        out = run(tiny_net, case, branch_weights=None)
+        ones = run(tiny_net, case, branch_weights=(1, 1, 1))
     torch.testing.assert_close(out, case.io["out_eval_unweighted"], atol=ATOL, rtol=0)
     torch.testing.assert_close(ones, out, atol=1e-6, rtol=0)
 
 
-def test_a_conditional_only_bank_equals_the_per_row_bank_and_uncond_rows_never_read_it(net, case):
+def test_a_conditional_only_bank_equals_the_per_row_bank_and_uncond_rows_never_read_it(tiny_net, case):
     """A kept conditional bank row (broadcast) equals the official per-row bank; uncond rows never read it."""
     io = case.io
     with torch.no_grad():
-        two_rows = net.reference_kv(io["ref_latent"].repeat(2, 1, 1, 1), case.context)
-        official_style = run(net, case, reference=two_rows)
-        ours = run(net, case)
-        no_reference = run(net, case, reference=None)
+        two_rows = tiny_net.reference_kv(io["ref_latent"].repeat(2, 1, 1, 1), case.context)
+        official_style = run(tiny_net, case, reference=two_rows)
+        ours = run(tiny_net, case)
+        no_reference = run(tiny_net, case, reference=None)
     torch.testing.assert_close(ours, official_style, atol=1e-6, rtol=0)
     torch.testing.assert_close(ours[:1], no_reference[:1], atol=1e-5, rtol=0)
     assert (ours[1:] - no_reference[1:]).abs().max() > 1e-2  # the reference does change the cond half
     assert next(iter(case.reference.keys.values())).shape[0] == 1
 
 
-def test_train_mode_and_checkpointing_do_not_change_outputs(net, case):
+def test_train_mode_and_checkpointing_do_not_change_outputs(tiny_net, case):
     with torch.no_grad():
-        expected = run(net, case)
-    unet = net.denoising_unet
+        expected = run(tiny_net, case)
+    unet = tiny_net.denoising_unet
     unet.train()
     unet.enable_gradient_checkpointing()
     try:
         sample = case.sample.clone().requires_grad_()
-        out = run(net, case, sample=sample)
+        out = run(tiny_net, case, sample=sample)
         out.square().mean().backward()
         grad_checkpointed = sample.grad.clone()
         unet.enable_gradient_checkpointing(False)
         sample.grad = None
-        run(net, case, sample=sample).square().mean().backward()
+        run(tiny_net, case, sample=sample).square().mean().backward()
     finally:
         unet.enable_gradient_checkpointing(False)
         unet.eval()
@@ -122,7 +113,7 @@ def test_train_mode_and_checkpointing_do_not_change_outputs(net, case):
     torch.testing.assert_close(grad_checkpointed, sample.grad, atol=1e-6, rtol=1e-5)
 
 
-def test_non_square_latents_take_spatial_or_flat_masks_and_refuse_mismatched_levels(net):
+def test_non_square_latents_take_spatial_or_flat_masks_and_refuse_mismatched_levels(tiny_net):
     torch.manual_seed(0)
     frames, height, width = 3, 16, 24
     levels = [(height >> k, width >> k) for k in range(4)]
@@ -131,22 +122,22 @@ def test_non_square_latents_take_spatial_or_flat_masks_and_refuse_mismatched_lev
     flat = SimpleNamespace(**{name: [m.flatten(1) for m in getattr(spatial, name)] for name in branches})
     context = torch.randn(2, 1, 32)
     with torch.no_grad():
-        reference = net.reference_kv(torch.randn(1, 4, height, width), context[1])
-        pose = net.pose_guider(torch.rand(1, 3, frames, height * 8, width * 8))
+        reference = tiny_net.reference_kv(torch.randn(1, 4, height, width), context[1])
+        pose = tiny_net.pose_guider(torch.rand(1, 3, frames, height * 8, width * 8))
         kwargs = dict(audio_tokens=torch.randn(2, frames, 32, 48), pose_features=pose, reference=reference,
                       reference_rows=CFG_ROWS)
         sample = torch.randn(2, 4, frames, height, width)
-        out = net.denoising_unet(sample, 500, context, masks=spatial, **kwargs)
-        out_flat = net.denoising_unet(sample, 500, context, masks=flat, **kwargs)
+        out = tiny_net.denoising_unet(sample, 500, context, masks=spatial, **kwargs)
+        out_flat = tiny_net.denoising_unet(sample, 500, context, masks=flat, **kwargs)
     assert out.shape == sample.shape and torch.isfinite(out).all()
     assert torch.equal(out, out_flat)
     square_masks = SimpleNamespace(full=spatial.full[:1], face=spatial.face, lips=spatial.lips)
     with pytest.raises(InputError):
-        net.denoising_unet(sample, 500, context, masks=square_masks, **kwargs)
+        tiny_net.denoising_unet(sample, 500, context, masks=square_masks, **kwargs)
 
 
 def test_bf16_runs_close_to_fp32(fixtures_dir, case):
-    net = load_video_net(fixtures_dir / "stage2" / "net_tiny.safetensors", tiny_config(fixtures_dir),
+    net = load_video_net(fixtures_dir / "stage2" / "net_tiny.safetensors", tiny_net_config(fixtures_dir),
                          dtype=torch.bfloat16)
     with torch.no_grad():
         out = run(net, case, reference=official_reference(net, case.io["ref_latent"], case.io["clip_image_embeds"]))

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import av
 import pytest
 import torch
 
@@ -23,16 +22,10 @@ from workflow_assets import (
     SPEECH_SECONDS,
     UI_WORKFLOWS_DIR,
     expected_standin_pose,
-    install_tiny_models,
+    tiny_twin,
     ui_workflow_names,
-    with_tiny_overrides,
-    write_inputs,
+    video_summary,
 )
-
-try:
-    import onnx  # noqa: F401  (the DWPose stand-in models are built with it)
-except ImportError:
-    onnx = None
 
 WORKFLOWS = ui_workflow_names()
 FILE_WIDGETS = ("image", "audio", "file", "checkpoint", "model", "folder", "detector", "pose_model")
@@ -46,32 +39,11 @@ def input_types(classes: dict[str, type]) -> dict[str, dict[str, Any]]:
     return {name: cls.INPUT_TYPES() for name, cls in classes.items()}
 
 
-@pytest.fixture()
-def workflow_host(comfy_host, fixtures_dir):
-    """The stubbed ComfyUI with tiny models and the workflows' input files in place."""
-    if onnx is None:
-        pytest.skip("the DWPose stand-in models need the dev package onnx")
-    folder_paths = comfy_host["folder_paths"]
-    install_tiny_models(Path(folder_paths.get_folder_paths("mmgt")[0]), fixtures_dir)
-    write_inputs(Path(folder_paths.get_input_directory()), fixtures_dir)
-    return comfy_host
-
-
-def run_twin(host: dict[str, Any], name: str):
-    prompt = with_tiny_overrides(load_prompt(API_TWINS_DIR / f"{name}_api.json"))
-    return run(prompt, host["classes"])
-
-
 def saved_video(host: dict[str, Any], prefix: str) -> tuple[int, float, float | None]:
     """(decoded frames, fps, audio seconds or None) of what the SaveVideo stub wrote for ``prefix``."""
     folder = Path(host["folder_paths"].get_output_directory())
     path, = folder.glob(f"{prefix}_00001*.mp4")  # core SaveVideo: name_00001.mp4; MMGT Save Video: name_00001_.mp4
-    with av.open(str(path)) as container:
-        fps = float(container.streams.video[0].average_rate)
-        audio = container.streams.audio[0] if container.streams.audio else None
-        seconds = float(audio.duration * audio.time_base) if audio is not None and audio.duration else None
-        frames = sum(1 for _ in container.decode(video=0))
-    return frames, fps, seconds
+    return video_summary(path)
 
 
 # --------------------------------------------------------------------------------------------- the files themselves
@@ -131,7 +103,7 @@ def test_ui_workflow_note_names_every_file_it_needs(name):
 
 
 def test_audio_to_video_renders_one_frame_per_25th_of_a_second_with_the_speech(workflow_host):
-    result = run_twin(workflow_host, "mmgt_audio_to_video")
+    result = run(tiny_twin("mmgt_audio_to_video"), workflow_host["classes"])
     video, preview = result.outputs["16"]  # MMGT Save Video: streamed mp4 + preview frames
     assert video.get_dimensions() == (128, 128) and preview.shape[1:] == (128, 128, 3)
     assert torch.isfinite(preview).all() and preview.std(dim=0).mean() > 0
@@ -145,7 +117,7 @@ def test_audio_to_video_renders_one_frame_per_25th_of_a_second_with_the_speech(w
 
 
 def test_pose_video_at_30_fps_is_resampled_and_padded_to_the_speech(workflow_host):
-    result = run_twin(workflow_host, "mmgt_pose_to_video")
+    result = run(tiny_twin("mmgt_pose_to_video"), workflow_host["classes"])
     pose_frames, fps, notes = result.outputs["7"]
     assert pose_frames.shape[0] == SPEECH_FRAMES and fps == 25.0 and "30" in notes
     video, preview = result.outputs["13"]  # MMGT Save Video
@@ -155,7 +127,7 @@ def test_pose_video_at_30_fps_is_resampled_and_padded_to_the_speech(workflow_hos
 
 
 def test_audio_and_external_pose_blend_to_the_shorter_length(workflow_host):
-    result = run_twin(workflow_host, "mmgt_audio_and_pose_to_video")
+    result = run(tiny_twin("mmgt_audio_and_pose_to_video"), workflow_host["classes"])
     smga, aligned, blended = (result.outputs[i][0] for i in ("7", "9", "10"))
     assert smga.num_frames == SPEECH_FRAMES and aligned.num_frames == EXTERNAL_POSE_FRAMES
     assert blended.num_frames == EXTERNAL_POSE_FRAMES and (blended.width, blended.height) == (192, 192)
@@ -171,7 +143,7 @@ def test_audio_and_external_pose_blend_to_the_shorter_length(workflow_host):
 
 
 def test_audio_to_pose_preview_writes_pose_and_mask_videos(workflow_host):
-    result = run_twin(workflow_host, "mmgt_audio_to_pose_preview")
+    result = run(tiny_twin("mmgt_audio_to_pose_preview"), workflow_host["classes"])
     keypoints = result.outputs["7"][0]
     assert keypoints.keypoints.shape == (SPEECH_FRAMES, 134, 3) and keypoints.fps == 25.0
     assert result.outputs["8"][0].shape == (SPEECH_FRAMES, 192, 192, 3)
@@ -184,7 +156,7 @@ def test_audio_to_pose_preview_writes_pose_and_mask_videos(workflow_host):
 
 
 def test_video_of_a_person_drives_the_reference_with_its_own_speech(workflow_host):
-    result = run_twin(workflow_host, "mmgt_video_to_video")
+    result = run(tiny_twin("mmgt_video_to_video"), workflow_host["classes"])
     detected, notes = result.outputs["5"]
     assert detected.num_frames == round(SPEECH_SECONDS * PERSON_VIDEO_FPS) and detected.fps == PERSON_VIDEO_FPS
     assert (detected.width, detected.height) == (PERSON_VIDEO_SIZE, PERSON_VIDEO_SIZE) and "found in" in notes

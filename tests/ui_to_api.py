@@ -35,13 +35,10 @@ def is_widget(kind: Any, options: Mapping[str, Any]) -> bool:
 
 def extra_widget_values(name: str, kind: Any, options: Mapping[str, Any]) -> int:
     """How many frontend-only widget values follow this input's value in ``widgets_values``."""
-    if kind == "INT" and (name in SEED_NAMES or options.get("control_after_generate")):
+    seed = kind == "INT" and (name in SEED_NAMES or options.get("control_after_generate"))
+    if seed or any(options.get(flag) for flag in UPLOAD_FLAGS):
         return 1
-    if any(options.get(flag) for flag in UPLOAD_FLAGS):
-        return 1
-    if options.get("audio_upload"):
-        return 2
-    return 0
+    return 2 if options.get("audio_upload") else 0
 
 
 def widget_inputs(input_types: Mapping[str, Any]) -> list[tuple[str, int]]:

@@ -1,6 +1,7 @@
 """Everything the shipped workflows (workflows/*.json) need, made tiny: models under the file names the
 workflows select, DWPose stand-in ONNX files, and the input files (reference image, speech, pose video, external
-keypoints). Shared by tests/test_workflows.py (test executor) and tests/test_real_comfyui.py (a real ComfyUI).
+keypoints), and a summary of the videos they save. Shared by tests/test_workflows.py (test executor) and
+tests/test_real_comfyui.py (a real ComfyUI).
 
 The API twins hold the workflows' real settings (50 SMGA steps, 30 video steps, 512×512, net-32500.pth). A run
 with tiny models applies ``TINY_RUN_OVERRIDES`` on top: fewer steps, a smaller frame, and the tiny video net,
@@ -16,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import torch
 from safetensors.torch import load_file
@@ -25,7 +27,7 @@ from mmgt_core.keypoints import PoseSequence, to_pose_keypoint
 from mmgt_core.media import write_mp4
 from mmgt_core.pose_detect import dwpose as dw
 from mmgt_core.render import render_pose_video
-from mmgt_core.tiny_models import synthetic_reference_pose
+from mmgt_core.tiny_models import random_smga, synthetic_reference_pose, tiny_smga_config
 from mmgt_core.weights import save_weights
 from tiny_fixture import tiny_net_config
 
@@ -85,6 +87,21 @@ def with_tiny_overrides(prompt: dict[str, Any]) -> dict[str, Any]:
     return tiny
 
 
+def tiny_twin(name: str) -> dict[str, Any]:
+    """The API twin of a shipped workflow with the tiny-model run settings applied."""
+    return with_tiny_overrides(load_twin(name))
+
+
+def video_summary(path: Path) -> tuple[int, float, float | None]:
+    """(decoded frames, fps, audio seconds or None without an audio track) of a saved mp4."""
+    with av.open(str(path)) as container:
+        fps = float(container.streams.video[0].average_rate)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        seconds = float(audio.duration * audio.time_base) if audio is not None and audio.duration else None
+        frames = sum(1 for _ in container.decode(video=0))
+    return frames, fps, seconds
+
+
 # ----------------------------------------------------------------------------------------------------- tiny models
 
 
@@ -92,21 +109,15 @@ def install_tiny_models(models: Path, fixtures: Path) -> None:
     """Tiny random models in the real formats, under the names the workflows select, in ``models`` (models/mmgt)."""
     (models / "wavlm").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(fixtures / "audio" / "wavlm_tiny" / "WavLM-tiny.pt", models / "wavlm" / "WavLM-Large.pt")
-    _write_official_style_smga(models / "audio2pose_best_model.pt")
+    # a tiny SMGA sized for the tiny WavLM, in the official container, which keeps no config: 8 heads assumed
+    smga = random_smga(replace(tiny_smga_config(), num_heads=8), seed=5)
+    torch.save({"ema_state_dict": smga.state_dict()}, models / "audio2pose_best_model.pt")
     save_weights(load_file(fixtures / "stage2" / "net_tiny.safetensors"), models / TINY_VIDEO_NET, "video_net",
                  tiny_net_config(fixtures).to_dict(), "net_tiny")
     for source, name in (("stage2/tiny_vae", "sd-vae-ft-mse"), ("stage2/tiny_image_encoder", "image_encoder"),
                          ("audio/wav2vec2_tiny", "wav2vec2-base-960h")):
         shutil.copytree(fixtures / source, models / name, copy_function=shutil.copyfile, dirs_exist_ok=True)
     write_dwpose_standins(models / "dwpose")
-
-
-def _write_official_style_smga(path: Path) -> None:
-    """A tiny SMGA in the official checkpoint container ({"ema_state_dict": ...}), sized for the tiny WavLM."""
-    from mmgt_core.tiny_models import random_smga, tiny_smga_config
-
-    config = replace(tiny_smga_config(), num_heads=8)  # the official container keeps no config: 8 heads assumed
-    torch.save({"ema_state_dict": random_smga(config, seed=5).state_dict()}, path)
 
 
 # ------------------------------------------------------------------------------------------ DWPose stand-in models
@@ -143,7 +154,7 @@ def write_dwpose_standins(folder: Path) -> None:
     The detector outputs one fixed box around the pose; the pose model outputs SimCC maps peaking, point by
     point, at the bins that map back to the pose through that box's crop. Needs the dev package ``onnx``.
     """
-    from test_pose_detect import _constant_outputs, make_detector
+    from test_pose_detect import _constant_outputs, make_detector, yolox_raw_for_boxes
 
     folder.mkdir(parents=True, exist_ok=True)
     coco = _coco_from_openpose(standin_pose().keypoints[0].numpy().astype(np.float64))
@@ -152,7 +163,7 @@ def write_dwpose_standins(folder: Path) -> None:
     box = np.concatenate([low, high])
     ratio = dw.YOLOX_INPUT_SIZE / max(DETECT_WH)
     make_detector(folder / dw.DETECTOR_FILE, [tuple(box * ratio)], [0.9])
-    decoded_box, _ = dw.decode_yolox(_yolox_raw(box * ratio), ratio)
+    decoded_box, _ = dw.decode_yolox(yolox_raw_for_boxes([tuple(box * ratio)], [0.9])[0], ratio)
     center, scale = dw.box_to_center_scale(decoded_box[0])
     scale = dw.widen_to_aspect(scale, POSE_INPUT_WH[0] / POSE_INPUT_WH[1])
     crop = (coco[:, :2] - center + scale / 2) / scale * np.array(POSE_INPUT_WH)
@@ -163,12 +174,6 @@ def write_dwpose_standins(folder: Path) -> None:
         simcc[0, visible, bins[visible, axis]] = coco[visible, 2]
         maps["simcc_x" if axis == 0 else "simcc_y"] = simcc
     _constant_outputs(folder / dw.POSE_FILE, "input", [1, 3, POSE_INPUT_WH[1], POSE_INPUT_WH[0]], maps)
-
-
-def _yolox_raw(box_640: np.ndarray) -> np.ndarray:
-    from test_pose_detect import yolox_raw_for_boxes
-
-    return yolox_raw_for_boxes([tuple(box_640)], [0.9])[0]
 
 
 # ------------------------------------------------------------------------------------------------------ input files

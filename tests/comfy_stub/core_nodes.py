@@ -193,38 +193,5 @@ class GetVideoComponents:
         return video["images"], video.get("audio"), float(video["frame_rate"])
 
 
-class SolidMask:
-    """nodes.SolidMask: one (1, H, W) mask filled with ``value``."""
-
-    FUNCTION = "solid"
-    RETURN_TYPES = ("MASK",)
-    CATEGORY = "mask"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"value": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
-                             "width": ("INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
-                             "height": ("INT", {"default": 512, "min": 1, "max": 16384, "step": 1})}}
-
-    def solid(self, value: float, width: int, height: int) -> tuple[torch.Tensor]:
-        return (torch.full((1, height, width), value, dtype=torch.float32),)
-
-
-class PreviewAny:
-    """comfy_extras.nodes_preview_any.PreviewAny: shows any value as text."""
-
-    OUTPUT_NODE = True
-    FUNCTION = "main"
-    RETURN_TYPES = ()
-    CATEGORY = "utils"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"source": ("*", {})}}
-
-    def main(self, source: Any = None) -> dict[str, Any]:
-        return {"ui": {"text": (source if isinstance(source, str) else str(source),)}}
-
-
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (PreviewImage, MaskToImage, LoadImage, LoadAudio, CreateVideo,
-                                                      SaveVideo, LoadVideo, GetVideoComponents, SolidMask, PreviewAny)}
+                                                      SaveVideo, LoadVideo, GetVideoComponents)}

@@ -27,14 +27,6 @@ def get_filename_list(name: str) -> list[str]:
     return sorted(found)
 
 
-def get_full_path(name: str, filename: str) -> str | None:
-    for root in folder_names_and_paths[name][0]:
-        candidate = os.path.join(root, filename)
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
 def get_input_directory() -> str:
     return os.path.join(base_path, "input")
 
@@ -43,13 +35,5 @@ def get_output_directory() -> str:
     return os.path.join(base_path, "output")
 
 
-def get_temp_directory() -> str:
-    return os.path.join(base_path, "temp")
-
-
 def get_annotated_filepath(name: str) -> str:
     return os.path.join(get_input_directory(), name)
-
-
-def exists_annotated_filepath(name: str) -> bool:
-    return os.path.exists(get_annotated_filepath(name))

@@ -6,7 +6,7 @@ room on a non-CPU load device for the weights plus ``memory_required`` (plus a r
 then loads - fully when ``force_full_load`` (or on a CPU), else within a low-VRAM budget. ``free_memory`` unloads the
 least useful models first; ``unload_all_models`` is ``free_memory(1e30, get_torch_device())``.
 
-For tests, the compute device can be made distinct from the CPU with ``set_torch_device(torch.device("cpu", 0))``
+For tests, the compute device can be made distinct from the CPU by setting ``_torch_device = torch.device("cpu", 0)``
 (tensors stay on the CPU; the patchers' bookkeeping and the ``.to()`` targets show where ComfyUI put them) and
 given a capacity with ``DEVICE_CAPACITY``: a load past it raises ``torch.OutOfMemoryError`` like a full GPU.
 """
@@ -45,11 +45,6 @@ EXTRA_RESERVED_MEMORY = 400 * 1024 * 1024
 LOG: list[tuple[str, Any]] = []  # ("load_models_gpu", (names, memory_required)), ("unload", name), ...
 
 
-def set_torch_device(device: torch.device) -> None:
-    global _torch_device
-    _torch_device = device
-
-
 def get_torch_device() -> torch.device:
     return _torch_device
 
@@ -75,10 +70,6 @@ def vae_device() -> torch.device:
 
 
 def vae_offload_device() -> torch.device:
-    return torch.device("cpu")
-
-
-def intermediate_device() -> torch.device:
     return torch.device("cpu")
 
 
@@ -138,7 +129,6 @@ class LoadedModel:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.device = model.load_device
-        self.currently_used = True
         self.model_finalizer = None
 
     def model_memory(self) -> int:
@@ -194,7 +184,6 @@ def load_models_gpu(models: list, memory_required: float = 0, force_patch_weight
         entry = LoadedModel(patcher)
         if entry in current_loaded_models:
             entry = current_loaded_models[current_loaded_models.index(entry)]
-            entry.currently_used = True
         to_load.append(entry)
     needed: dict[torch.device, float] = {}
     for entry in to_load:
@@ -212,14 +201,6 @@ def load_models_gpu(models: list, memory_required: float = 0, force_patch_weight
         if entry in current_loaded_models:
             current_loaded_models.remove(entry)
         current_loaded_models.insert(0, entry)
-
-
-def load_model_gpu(model: Any) -> None:
-    load_models_gpu([model])
-
-
-def loaded_models(only_currently_used: bool = False) -> list:
-    return [m.model for m in current_loaded_models if m.currently_used or not only_currently_used]
 
 
 def unload_all_models() -> None:

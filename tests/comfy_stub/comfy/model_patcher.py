@@ -8,7 +8,7 @@ largest modules that fit), ``detach`` sends everything back to the offload devic
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
@@ -17,23 +17,20 @@ from . import model_management
 
 class ModelPatcher:
     def __init__(self, model: torch.nn.Module, load_device: torch.device, offload_device: torch.device,
-                 size: int = 0, weight_inplace_update: bool = False) -> None:
+                 size: int = 0) -> None:
         self.size = size
         self.model = model
         if getattr(self.model, "device", None) is None:
             self.model.device = offload_device
         self.load_device = load_device
         self.offload_device = offload_device
-        self.weight_inplace_update = weight_inplace_update
-        self.parent: Optional[ModelPatcher] = None
-        self.model_options: dict[str, Any] = {"transformer_options": {}}
         if not hasattr(self.model, "model_loaded_weight_memory"):
             self.model.model_loaded_weight_memory = 0
         if not hasattr(self.model, "model_lowvram"):
             self.model.model_lowvram = False
         self.model_size()
 
-    # sizes and identity
+    # sizes
     def model_size(self) -> int:
         if self.size <= 0:
             self.size = model_management.module_size(self.model)
@@ -42,28 +39,8 @@ class ModelPatcher:
     def loaded_size(self) -> int:
         return self.model.model_loaded_weight_memory
 
-    def lowvram_patch_counter(self) -> int:
-        return 0
-
     def current_loaded_device(self) -> torch.device:
         return self.model.device
-
-    def is_clone(self, other: Any) -> bool:
-        return hasattr(other, "model") and self.model is other.model
-
-    def clone(self) -> ModelPatcher:
-        twin = self.__class__(self.model, self.load_device, self.offload_device, self.size)
-        twin.parent = self
-        return twin
-
-    def model_dtype(self) -> Optional[torch.dtype]:
-        return self.model.get_dtype() if hasattr(self.model, "get_dtype") else None
-
-    def model_patches_to(self, device: Any) -> None:
-        return None
-
-    def model_patches_models(self) -> list[ModelPatcher]:
-        return []
 
     # moving weights
     def _modules_by_size(self) -> list[tuple[int, torch.nn.Module]]:
@@ -91,12 +68,6 @@ class ModelPatcher:
             self.model.model_lowvram = moved < self.model_size()
         self.model.device = device_to
         self.model.model_loaded_weight_memory = moved
-
-    def patch_model(self, device_to: Optional[torch.device] = None, lowvram_model_memory: float = 0,
-                    load_weights: bool = True, force_patch_weights: bool = False) -> torch.nn.Module:
-        if load_weights and device_to is not None:
-            self.load(device_to, lowvram_model_memory, force_patch_weights, full_load=lowvram_model_memory == 0)
-        return self.model
 
     def unpatch_model(self, device_to: Optional[torch.device] = None, unpatch_weights: bool = True) -> None:
         if unpatch_weights and device_to is not None:
