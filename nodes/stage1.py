@@ -17,17 +17,17 @@ from mmgt_core.constants import SMGA_WINDOW_FRAMES, VIDEO_FPS
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.memory import ENCODER_WORKING_BYTES, smga_window_bytes
 from mmgt_core.pipeline import pose_from_features, smga_total_steps
-from mmgt_core.smga.model import GestureDecoder, load_smga
+from mmgt_core.smga.model import load_smga
 
 from . import host
 from .common import (
     AUDIO_CATEGORY,
-    DTYPE_INPUT,
     KEYPOINTS_INPUT,
     KEYPOINTS_TYPE,
-    LOADERS_CATEGORY,
     LOGGER,
     POSE_CATEGORY,
+    ManagedModel,
+    ModelLoader,
     audio_to_mono,
     image_to_uint8_frames,
     node_errors,
@@ -37,22 +37,6 @@ from .model_files import choices, dwpose_paths, dwpose_problems, validate_file
 SMGA_TYPE = "MMGT_SMGA"
 WAVLM_TYPE = "MMGT_WAVLM"
 STAGE1_AUDIO_TYPE = "MMGT_STAGE1_AUDIO"
-
-
-@dataclass
-class LoadedSMGA:
-    """An SMGA model under the host's model management, and the file it came from."""
-
-    handle: host.ModelHandle
-    source: str
-
-    @property
-    def model(self) -> GestureDecoder:
-        return self.handle.module
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.handle.dtype
 
 
 @dataclass
@@ -70,59 +54,38 @@ class Stage1Audio:
     features: torch.Tensor
 
 
-class LoadSMGA:
+class LoadSMGA(ModelLoader):
     DESCRIPTION = ("Loads the Stage-I SMGA audio→pose model: the official audio2pose_best_model.pt (its EMA "
                    "weights, opened safely) or an MMGT .safetensors from models/mmgt.")
-    CATEGORY = LOADERS_CATEGORY
-    FUNCTION = "load"
     RETURN_TYPES = (SMGA_TYPE,)
     RETURN_NAMES = ("smga",)
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "checkpoint": (choices("smga"),
-                           {"tooltip": "SMGA weights in models/mmgt: audio2pose_best_model.pt or smga.safetensors."}),
-            "dtype": DTYPE_INPUT,
-        }}
+    COMPONENT = "smga"
+    PICK = ("checkpoint", "SMGA weights in models/mmgt: audio2pose_best_model.pt or smga.safetensors.")
 
     @classmethod
     def VALIDATE_INPUTS(cls, checkpoint: str | None = None) -> bool | str:
-        return validate_file("smga", checkpoint)
+        return validate_file(cls.COMPONENT, checkpoint)
 
-    def load(self, checkpoint: str, dtype: str) -> tuple[LoadedSMGA]:
-        with node_errors("MMGT Load SMGA"):
-            torch_dtype = host.target_dtype("diffusion", dtype)
-            model = load_smga(host.resolve_model_path(checkpoint), dtype=torch_dtype)
-            handle = host.manage_model(model, "SMGA", "diffusion", torch_dtype)
-        return (LoadedSMGA(handle, checkpoint),)
+    def load(self, checkpoint: str, dtype: str) -> tuple[ManagedModel]:
+        _, handle = self.managed("MMGT Load SMGA", load_smga, checkpoint, "SMGA", "diffusion", dtype)
+        return (ManagedModel(handle),)
 
 
-class LoadWavLM:
+class LoadWavLM(ModelLoader):
     DESCRIPTION = ("Loads WavLM-Large for the Stage-I audio features: the official unilm WavLM-Large.pt "
                    "(converted safely), a converted .safetensors, or a Hugging Face folder in models/mmgt.")
-    CATEGORY = LOADERS_CATEGORY
-    FUNCTION = "load"
     RETURN_TYPES = (WAVLM_TYPE,)
     RETURN_NAMES = ("wavlm",)
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "model": (choices("wavlm"), {"tooltip": "wavlm/WavLM-Large.pt (official), a converted .safetensors, "
-                                                    "or a HF folder such as wavlm-large."}),
-            "dtype": DTYPE_INPUT,
-        }}
+    COMPONENT = "wavlm"
+    PICK = ("model", "wavlm/WavLM-Large.pt (official), a converted .safetensors, or a HF folder such as wavlm-large.")
 
     @classmethod
     def VALIDATE_INPUTS(cls, model: str | None = None) -> bool | str:
-        return validate_file("wavlm", model)
+        return validate_file(cls.COMPONENT, model)
 
     def load(self, model: str, dtype: str) -> tuple[LoadedWavLM]:
-        with node_errors("MMGT Load WavLM"):
-            torch_dtype = host.target_dtype("encoder", dtype)
-            encoder = load_wavlm(host.resolve_model_path(model), dtype=torch_dtype)
-            handle = host.manage_model(encoder.model, "WavLM", "encoder", torch_dtype)
+        encoder, handle = self.managed("MMGT Load WavLM", load_wavlm, model, "WavLM", "encoder", dtype,
+                                       network=lambda loaded: loaded.model)
         return (LoadedWavLM(encoder, handle),)
 
 
@@ -231,7 +194,7 @@ class AudioToPose:
                                                                               "smoothing of the released script."}),
         }}
 
-    def generate(self, smga: LoadedSMGA, audio_features: Stage1Audio, reference_pose: PoseSequence, seed: int,
+    def generate(self, smga: ManagedModel, audio_features: Stage1Audio, reference_pose: PoseSequence, seed: int,
                  steps: int, guidance: float, overlap: int, best_of: int, smoothing: str) -> tuple[PoseSequence]:
         with node_errors("MMGT Audio → Pose"):
             frames = int(audio_features.features.shape[0])
@@ -239,7 +202,7 @@ class AudioToPose:
                                    workload=f"{frames} frames, best_of {best_of}", lower="best_of",
                                    memory_required=smga_window_bytes(2 * best_of, smga.dtype)):
                 sequence = pose_from_features(
-                    smga.model, audio_features.features, reference_pose, seed, steps=steps, guidance=guidance,
+                    smga.module, audio_features.features, reference_pose, seed, steps=steps, guidance=guidance,
                     overlap=overlap, best_of=best_of, smoothing=smoothing, dtype=smga.dtype,
                     progress=host.progress_reporter(smga_total_steps(frames, steps, overlap)),
                     check_cancel=host.check_cancel)
