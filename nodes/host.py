@@ -87,13 +87,6 @@ def resolve_model_path(name: str) -> str:
                        "refresh the node (press R in ComfyUI).")
 
 
-def torch_device() -> torch.device:
-    """The compute device: ComfyUI's choice inside ComfyUI, else CUDA when available, else CPU."""
-    if IN_COMFYUI:
-        return model_management.get_torch_device()
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Model handles: ComfyUI's model management owns where our weights live
 
@@ -145,8 +138,8 @@ class ModelHandle:
 
 
 def _kind_devices(kind: ModelKind) -> tuple[torch.device, torch.device]:
-    if not IN_COMFYUI:
-        return torch_device(), torch.device("cpu")
+    if not IN_COMFYUI:  # CUDA when available, else the CPU
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.device("cpu")
     if kind == "encoder":
         return model_management.text_encoder_device(), model_management.text_encoder_offload_device()
     if kind == "vae":
@@ -154,10 +147,11 @@ def _kind_devices(kind: ModelKind) -> tuple[torch.device, torch.device]:
     return model_management.get_torch_device(), model_management.unet_offload_device()
 
 
-def model_dtype(kind: ModelKind, choice: str, device: torch.device, parameters: int = 0) -> torch.dtype:
-    """The weights dtype: an explicit choice, else ComfyUI's policy for this kind of model (unet_dtype,
-    text_encoder_dtype, vae_dtype), else fp16 on CUDA / bf16 on CPU. fp16 on a CPU becomes bf16 (fp16 matmuls
-    are ~200x slower there)."""
+def target_dtype(kind: ModelKind, choice: str) -> torch.dtype:
+    """The weights dtype for a network of this kind, on the device ComfyUI will compute it on: an explicit choice,
+    else ComfyUI's policy for this kind of model (unet_dtype, text_encoder_dtype, vae_dtype), else fp16 on CUDA /
+    bf16 on CPU. fp16 on a CPU becomes bf16 (fp16 matmuls are ~200x slower there)."""
+    device = _kind_devices(kind)[0]
     if choice not in DTYPE_CHOICES:
         raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {choice!r}")
     if choice != "auto":
@@ -169,18 +163,12 @@ def model_dtype(kind: ModelKind, choice: str, device: torch.device, parameters: 
     elif kind == "vae":
         dtype = model_management.vae_dtype(device, [torch.bfloat16, torch.float32])  # core's SD VAE working dtypes
     else:
-        dtype = model_management.unet_dtype(device, model_params=parameters,
-                                            supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+        dtype = model_management.unet_dtype(device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
     if dtype not in _DTYPES.values():
         dtype = torch.float16 if device.type != "cpu" else torch.bfloat16  # fp8 etc. need ComfyUI's cast layers
     if device.type == "cpu" and dtype == torch.float16:
         return torch.bfloat16
     return dtype
-
-
-def target_dtype(kind: ModelKind, choice: str, parameters: int = 0) -> torch.dtype:
-    """The weights dtype for a network of this kind, on the device ComfyUI will compute it on."""
-    return model_dtype(kind, choice, _kind_devices(kind)[0], parameters)
 
 
 def manage_model(module: nn.Module, name: str, kind: ModelKind, dtype: Optional[torch.dtype] = None) -> ModelHandle:
@@ -273,11 +261,7 @@ def free_memory_bytes(device: torch.device) -> Optional[int]:
     """Free memory of an accelerator (ComfyUI's count inside ComfyUI); None for a CPU."""
     if IN_COMFYUI:
         return None if model_management.is_device_cpu(device) else int(model_management.get_free_memory(device))
-    if device.type == "cpu":
-        return None
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return None
+    return int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
 
 
 PROGRESS_UPDATES = 100
