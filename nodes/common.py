@@ -15,7 +15,7 @@ from mmgt_core.audio.waveform import to_mono
 from mmgt_core.errors import InputError, MMGTError
 
 from . import host
-from .model_files import choices
+from .model_files import choices, validate_file
 
 LOGGER = logging.getLogger("ComfyUI-MMGT")
 POSE_CATEGORY = "MMGT/pose"
@@ -33,10 +33,17 @@ DTYPE_INPUT = (host.DTYPE_CHOICES, {"default": "auto", "tooltip": "Weights preci
                                                                   "--lowvram, --highvram, --gpu-only)."})
 
 
-class KeypointsWithNotes:
-    """Base of the pose nodes that return MMGT keypoints and a notes line."""
+class KeypointsOutput:
+    """Base of the pose nodes that return MMGT keypoints."""
 
     CATEGORY = POSE_CATEGORY
+    RETURN_TYPES: tuple[str, ...] = (KEYPOINTS_TYPE,)
+    RETURN_NAMES: tuple[str, ...] = ("keypoints",)
+
+
+class KeypointsWithNotes(KeypointsOutput):
+    """Base of the pose nodes that return MMGT keypoints and a notes line."""
+
     RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
     RETURN_NAMES = ("keypoints", "notes")
 
@@ -109,6 +116,13 @@ class ModelLoader:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         name, tooltip = cls.PICK
         return {"required": {name: (choices(cls.COMPONENT), {"tooltip": tooltip}), "dtype": DTYPE_INPUT}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, checkpoint: str | None = None, model: str | None = None,
+                        folder: str | None = None) -> bool | str:
+        """The picked entry checked before the run. ComfyUI passes the inputs this signature names (the loaders'
+        combos are called checkpoint, model or folder) and leaves their combo check to it."""
+        return validate_file(cls.COMPONENT, {"checkpoint": checkpoint, "model": model, "folder": folder}[cls.PICK[0]])
 
     @staticmethod
     def managed(node: str, load: Callable[..., Any], name: str, label: str, kind: host.ModelKind, dtype: str,

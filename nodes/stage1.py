@@ -23,16 +23,16 @@ from . import host
 from .common import (
     AUDIO_CATEGORY,
     KEYPOINTS_INPUT,
-    KEYPOINTS_TYPE,
     LOGGER,
-    POSE_CATEGORY,
+    KeypointsOutput,
+    KeypointsWithNotes,
     ManagedModel,
     ModelLoader,
     audio_to_mono,
     image_to_uint8_frames,
     node_errors,
 )
-from .model_files import choices, dwpose_paths, dwpose_problems, validate_file
+from .model_files import choices, dwpose_paths, dwpose_problems
 
 SMGA_TYPE = "MMGT_SMGA"
 WAVLM_TYPE = "MMGT_WAVLM"
@@ -62,10 +62,6 @@ class LoadSMGA(ModelLoader):
     COMPONENT = "smga"
     PICK = ("checkpoint", "SMGA weights in models/mmgt: audio2pose_best_model.pt or smga.safetensors.")
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, checkpoint: str | None = None) -> bool | str:
-        return validate_file(cls.COMPONENT, checkpoint)
-
     def load(self, checkpoint: str, dtype: str) -> tuple[ManagedModel]:
         _, handle = self.managed("MMGT Load SMGA", load_smga, checkpoint, "SMGA", "diffusion", dtype)
         return (ManagedModel(handle),)
@@ -78,10 +74,6 @@ class LoadWavLM(ModelLoader):
     RETURN_NAMES = ("wavlm",)
     COMPONENT = "wavlm"
     PICK = ("model", "wavlm/WavLM-Large.pt (official), a converted .safetensors, or a HF folder such as wavlm-large.")
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, model: str | None = None) -> bool | str:
-        return validate_file(cls.COMPONENT, model)
 
     def load(self, model: str, dtype: str) -> tuple[LoadedWavLM]:
         encoder, handle = self.managed("MMGT Load WavLM", load_wavlm, model, "WavLM", "encoder", dtype,
@@ -120,12 +112,10 @@ class Stage1AudioFeatures:
                 "\n".join(notes) or f"{duration:.2f} s of audio, {int(features.shape[0])} frames.")
 
 
-class ReferencePose:
+class ReferencePose(KeypointsWithNotes):
     DESCRIPTION = ("Finds the speaker's whole-body keypoints in the reference image (DWPose ONNX files from "
                    "models/mmgt/dwpose, or the optional MediaPipe fallback). Takes the largest person.")
-    CATEGORY = POSE_CATEGORY
     FUNCTION = "detect"
-    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
     RETURN_NAMES = ("reference_pose", "notes")
 
     @classmethod
@@ -166,14 +156,11 @@ def _auto_falls_back(detector: str | None, pose_model: str | None) -> bool:
     return dwpose_problems(detector, pose_model) is not True and importlib.util.find_spec("mediapipe") is not None
 
 
-class AudioToPose:
+class AudioToPose(KeypointsOutput):
     DESCRIPTION = ("Generates whole-body keypoints from Stage-I audio features with SMGA (DDIM, classifier-free "
                    "guidance), for any audio length: 80-frame windows, each continuing from the previous one. "
                    "Frame 0 is the reference pose, as in the official code.")
-    CATEGORY = POSE_CATEGORY
     FUNCTION = "generate"
-    RETURN_TYPES = (KEYPOINTS_TYPE,)
-    RETURN_NAMES = ("keypoints",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

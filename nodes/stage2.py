@@ -50,7 +50,7 @@ from .common import (
     audio_to_mono,
     node_errors,
 )
-from .model_files import all_problems, choices, validate_file, validate_number
+from .model_files import all_problems, choices, validate_number
 
 LARGE_DECODE_BYTES = 4 * 2**30  # a whole-video IMAGE decode above this gets a warning naming the streaming node
 VIDEO_NET_TYPE = "MMGT_VIDEO_NET"
@@ -96,10 +96,6 @@ class LoadVideoNet(ModelLoader):
     COMPONENT = "video_net"
     PICK = ("checkpoint", "net-32500.pth (official) or a converted .safetensors in models/mmgt.")
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, checkpoint: str | None = None) -> bool | str:
-        return validate_file(cls.COMPONENT, checkpoint)
-
     def load(self, checkpoint: str, dtype: str) -> tuple[ManagedModel]:
         _, handle = self.managed("MMGT Load Video Net", load_video_net, checkpoint, "the video net", "diffusion",
                                  dtype)
@@ -113,10 +109,6 @@ class LoadVAE(ModelLoader):
     COMPONENT = "vae"
     PICK = ("folder", "A diffusers VAE folder, e.g. sd-vae-ft-mse.")
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
-        return validate_file(cls.COMPONENT, folder)
-
     def load(self, folder: str, dtype: str) -> tuple[host.ModelHandle]:
         return (self.managed("MMGT Load VAE", load_vae, folder, "the VAE", "vae", dtype)[1],)
 
@@ -129,10 +121,6 @@ class LoadImageEncoder(ModelLoader):
     COMPONENT = "image_encoder"
     PICK = ("folder", "A CLIPVisionModelWithProjection folder.")
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
-        return validate_file(cls.COMPONENT, folder)
-
     def load(self, folder: str, dtype: str) -> tuple[host.ModelHandle]:
         return (self.managed("MMGT Load Image Encoder", load_clip_image_encoder, folder, "the CLIP image encoder",
                              "encoder", dtype)[1],)
@@ -142,15 +130,12 @@ class LoadWav2Vec2(ModelLoader):
     DESCRIPTION = "Loads wav2vec2-base-960h (a local Hugging Face folder in models/mmgt) for the MM-HAA audio features."
     RETURN_TYPES = (WAV2VEC_TYPE,)
     RETURN_NAMES = ("wav2vec2",)
+    COMPONENT = "wav2vec2"
+    PICK = ("folder", "facebook/wav2vec2-base-960h folder (runs in float32, like the official features).")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"folder": (choices("wav2vec2"), {"tooltip": "facebook/wav2vec2-base-960h folder (runs "
-                                                                         "in float32, like the official features)."})}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
-        return validate_file("wav2vec2", folder)
+        return {"required": {"folder": (choices(cls.COMPONENT), {"tooltip": cls.PICK[1]})}}  # no dtype widget
 
     def load(self, folder: str) -> tuple[host.ModelHandle]:
         with node_errors("MMGT Load wav2vec2"):

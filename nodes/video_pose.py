@@ -13,7 +13,7 @@ from mmgt_core.keypoints import PoseSequence
 from mmgt_core.pose_detect.track import DEFAULT_MAX_GAP
 
 from . import host
-from .common import KEYPOINTS_TYPE, POSE_CATEGORY, KeypointsWithNotes, image_to_uint8_frames, node_errors
+from .common import KeypointsOutput, KeypointsWithNotes, image_to_uint8_frames, node_errors
 from .model_files import choices, dwpose_paths, dwpose_problems
 
 
@@ -64,7 +64,7 @@ class DetectKeypoints(KeypointsWithNotes):
         return sequence, "\n".join(notes)
 
 
-class KeypointsFromPoseVideo:
+class KeypointsFromPoseVideo(KeypointsOutput):
     """Read keypoints back from a DWPose-style pose video, enough for the motion masks."""
 
     DESCRIPTION = ("For a pose video without keypoints (a DWPose/OpenPose-style drawing on black): reads back the "
@@ -74,10 +74,7 @@ class KeypointsFromPoseVideo:
                    "regions are meaningful), knees and ankles, points hidden under others, or scores; hand points "
                    "whose number cannot be told are kept for the hand region only. Needs the drawing's exact "
                    "colours: other drawing styles and H.264-compressed pose videos are refused.")
-    CATEGORY = POSE_CATEGORY
     FUNCTION = "recover"
-    RETURN_TYPES = (KEYPOINTS_TYPE,)
-    RETURN_NAMES = ("keypoints",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
