@@ -61,6 +61,11 @@ STAGE2_AUDIO_TYPE = "MMGT_STAGE2_AUDIO"
 LATENTS_TYPE = "MMGT_LATENTS"
 SILENT_AUDIO_RATE = ENCODER_SAMPLE_RATE  # the sample rate of the silent track a pose-only video gets
 SAMPLE_NODE = "MMGT Sample Video"
+CHUNK_FRAMES_INPUT = ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames decoded at once (lower uses less "
+                                                                            "memory)."})
+VAE_INPUTS = {"mmgt_vae": (MMGT_VAE_TYPE, {"tooltip": "MMGT Load VAE (diffusers folder)."}),
+              "vae": ("VAE", {"tooltip": "Or ComfyUI's VAE (vae-ft-mse-840000)."})}
+"""The decoding nodes' inputs: the chunk size and the two ways to give the VAE."""
 
 
 @dataclass
@@ -265,8 +270,7 @@ class SampleVideo:
             "hands_mask": ("MASK", {"tooltip": "Optional override: hands mask (used by mask mode 'training')."}),
             "image_encoder": (IMAGE_ENCODER_TYPE, {"tooltip": "MMGT Load Image Encoder (official preprocessing)."}),
             "clip_vision": ("CLIP_VISION", {"tooltip": "Or ComfyUI's CLIP Vision (ViT-L/14)."}),
-            "mmgt_vae": (MMGT_VAE_TYPE, {"tooltip": "MMGT Load VAE (diffusers folder)."}),
-            "vae": ("VAE", {"tooltip": "Or ComfyUI's VAE (vae-ft-mse-840000)."}),
+            **VAE_INPUTS,
         }}
 
     @classmethod
@@ -357,14 +361,8 @@ class DecodeVideo:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "latents": (LATENTS_TYPE, {"tooltip": "From MMGT Sample Video."}),
-            "chunk_frames": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames decoded at once (lower "
-                                                                                   "uses less memory)."}),
-        }, "optional": {
-            "mmgt_vae": (MMGT_VAE_TYPE, {"tooltip": "MMGT Load VAE (diffusers folder)."}),
-            "vae": ("VAE", {"tooltip": "Or ComfyUI's VAE."}),
-        }}
+        return {"required": {"latents": (LATENTS_TYPE, {"tooltip": "From MMGT Sample Video."}),
+                             "chunk_frames": CHUNK_FRAMES_INPUT}, "optional": {**VAE_INPUTS}}
 
     def decode(self, latents: VideoLatents, chunk_frames: int, mmgt_vae: Optional[host.ModelHandle] = None,
                vae: Any = None) -> tuple[torch.Tensor, float, dict[str, Any]]:
