@@ -47,13 +47,10 @@ def register_model_folder() -> None:
     if not IN_COMFYUI:
         return
     path = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
-    if MODEL_FOLDER in folder_paths.folder_names_and_paths:
-        paths, extensions = folder_paths.folder_names_and_paths[MODEL_FOLDER]
-        if path not in paths:
-            paths.append(path)
-        extensions.update(WEIGHT_EXTENSIONS)
-    else:
-        folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([path], set(WEIGHT_EXTENSIONS))
+    paths, extensions = folder_paths.folder_names_and_paths.setdefault(MODEL_FOLDER, ([], set()))
+    if path not in paths:
+        paths.append(path)
+    extensions.update(WEIGHT_EXTENSIONS)
 
 
 def model_dirs() -> list[Path]:
@@ -191,10 +188,6 @@ def manage_model(module: nn.Module, name: str, kind: ModelKind, dtype: Optional[
     return handle
 
 
-def _devices_of(module: nn.Module) -> set[torch.device]:
-    return {tensor.device for tensor in (*module.parameters(), *module.buffers())}
-
-
 def _send_back(handles: Sequence[ModelHandle]) -> None:
     """Leave no network half-moved: every weight back on its offload device, ComfyUI's bookkeeping cleared."""
     for handle in handles:
@@ -231,7 +224,7 @@ def load_for_compute(handles: Sequence[ModelHandle], memory_required: int, stage
         _send_back(handles)  # e.g. a cancel or an error mid-move
         raise
     for handle in handles:
-        if len(_devices_of(handle.module)) > 1:
+        if len({tensor.device for tensor in (*handle.module.parameters(), *handle.module.buffers())}) > 1:
             _send_back(handles)
             raise ComputeMemoryError(f"{stage}: ComfyUI loaded only part of {handle.name} onto "
                                      f"{handle.load_device}; MMGT networks run wholly on one device. Run ComfyUI "
