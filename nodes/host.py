@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -109,15 +110,10 @@ class _PatcherRoot(nn.Module):
         return self.dtype_of_weights
 
 
-_ROOT_CLASSES: dict[str, type[_PatcherRoot]] = {}
-
-
-def _root_class(network: nn.Module) -> type[_PatcherRoot]:
-    """A root class named after the network (ComfyUI logs "Requested to load MMGT_VideoNet")."""
-    name = f"MMGT_{type(network).__name__}"
-    if name not in _ROOT_CLASSES:
-        _ROOT_CLASSES[name] = type(name, (_PatcherRoot,), {"__doc__": _PatcherRoot.__doc__})
-    return _ROOT_CLASSES[name]
+@cache
+def _root_class(name: str) -> type[_PatcherRoot]:
+    """The root class called ``name``, one per network class (ComfyUI logs "Requested to load MMGT_VideoNet")."""
+    return type(name, (_PatcherRoot,), {"__doc__": _PatcherRoot.__doc__})
 
 
 @dataclass(eq=False)
@@ -182,9 +178,9 @@ def manage_model(module: nn.Module, name: str, kind: ModelKind, dtype: Optional[
         import comfy.model_patcher as model_patcher  # type: ignore[import-not-found]
 
         patcher_class = getattr(model_patcher, "CoreModelPatcher", None) or model_patcher.ModelPatcher
-        size = model_management.module_size(module)
-        handle.patcher = patcher_class(_root_class(module)(module, idle_device, dtype), load_device=load_device,
-                                       offload_device=idle_device, size=size)
+        root = _root_class(f"MMGT_{type(module).__name__}")(module, idle_device, dtype)
+        handle.patcher = patcher_class(root, load_device=load_device, offload_device=idle_device,
+                                       size=model_management.module_size(module))
     return handle
 
 
