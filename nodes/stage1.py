@@ -142,9 +142,8 @@ class ReferencePose(KeypointsWithNotes):
 
         with node_errors("MMGT Reference Pose"):
             picture = image_to_uint8_frames(image)[0].numpy()
-            paths = None
-            if backend == "dwpose" or (backend == "auto" and not _auto_falls_back(detector, pose_model)):
-                paths = dwpose_paths(detector, pose_model)
+            dwpose = backend == "dwpose" or (backend == "auto" and not _auto_falls_back(detector, pose_model))
+            paths = dwpose_paths(detector, pose_model) if dwpose else None
             result = detect_reference_pose(picture, backend=backend, dwpose_paths=paths)
             keypoints = torch.as_tensor(np.asarray(result.keypoints), dtype=torch.float32)[None]
             sequence = PoseSequence(keypoints, picture.shape[1], picture.shape[0], float(VIDEO_FPS))

@@ -102,8 +102,7 @@ class LoadVideoNet(ModelLoader):
     PICK = ("checkpoint", "net-32500.pth (official) or a converted .safetensors in models/mmgt.")
 
     def load(self, checkpoint: str, dtype: str) -> tuple[ManagedModel]:
-        _, handle = self.managed("MMGT Load Video Net", load_video_net, checkpoint, "the video net", "diffusion",
-                                 dtype)
+        handle = self.managed("MMGT Load Video Net", load_video_net, checkpoint, "the video net", "diffusion", dtype)[1]
         return (ManagedModel(handle),)
 
 
