@@ -26,9 +26,8 @@ for _name in STAGE_MODULES:
             continue  # the stage module itself is not part of this build
         _package = pip_name(exc.name or "")
         SKIPPED_MODULES[_name] = f"missing package '{_package}' (import {exc.name})"
-        LOGGER.warning("[MMGT] %s nodes disabled: missing package '%s' (import %s). Fix: run `python -m pip "
-                       "install %s` with ComfyUI's Python, or pip install -r requirements.txt in the pack folder.",
-                       _name, _package, exc.name, _package)
+        LOGGER.warning("[MMGT] %s nodes disabled: %s. Fix: run `python -m pip install %s` with ComfyUI's Python, or "
+                       "pip install -r requirements.txt in the pack folder.", _name, SKIPPED_MODULES[_name], _package)
         continue
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

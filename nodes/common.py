@@ -1,11 +1,12 @@
 """What the node modules share: readable errors, ComfyUI <-> core conversions, the keypoints socket, common
-inputs and the log."""
+inputs, the loader base and the log."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from mmgt_core.audio.waveform import to_mono
 from mmgt_core.errors import InputError, MMGTError
 
 from . import host
+from .model_files import choices, validate_file
 
 LOGGER = logging.getLogger("ComfyUI-MMGT")
 POSE_CATEGORY = "MMGT/pose"
@@ -31,10 +33,17 @@ DTYPE_INPUT = (host.DTYPE_CHOICES, {"default": "auto", "tooltip": "Weights preci
                                                                   "--lowvram, --highvram, --gpu-only)."})
 
 
-class KeypointsWithNotes:
-    """Base of the pose nodes that return MMGT keypoints and a notes line."""
+class KeypointsOutput:
+    """Base of the pose nodes that return MMGT keypoints."""
 
     CATEGORY = POSE_CATEGORY
+    RETURN_TYPES: tuple[str, ...] = (KEYPOINTS_TYPE,)
+    RETURN_NAMES: tuple[str, ...] = ("keypoints",)
+
+
+class KeypointsWithNotes(KeypointsOutput):
+    """Base of the pose nodes that return MMGT keypoints and a notes line."""
+
     RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
     RETURN_NAMES = ("keypoints", "notes")
 
@@ -77,6 +86,54 @@ def node_errors(display_name: str) -> Iterator[None]:
         yield
     except MMGTError as exc:
         raise MMGTNodeError(f"[{display_name}] {exc}") from None
+
+
+@dataclass
+class ManagedModel:
+    """A network under the host's model management (``handle``), with its module and weights dtype at hand."""
+
+    handle: host.ModelHandle
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.handle.module
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.handle.dtype
+
+
+class ModelLoader:
+    """Base of the loader nodes: the models/mmgt entry of component ``COMPONENT`` picked in the combo ``PICK``
+    (input name, tooltip), then the weights dtype."""
+
+    CATEGORY = LOADERS_CATEGORY
+    FUNCTION = "load"
+    COMPONENT: str
+    PICK: tuple[str, str]
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        name, tooltip = cls.PICK
+        return {"required": {name: (choices(cls.COMPONENT), {"tooltip": tooltip}), "dtype": DTYPE_INPUT}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, checkpoint: str | None = None, model: str | None = None,
+                        folder: str | None = None) -> bool | str:
+        """The picked entry checked before the run. ComfyUI passes the inputs this signature names (the loaders'
+        combos are called checkpoint, model or folder) and leaves their combo check to it."""
+        return validate_file(cls.COMPONENT, {"checkpoint": checkpoint, "model": model, "folder": folder}[cls.PICK[0]])
+
+    @staticmethod
+    def managed(node: str, load: Callable[..., Any], name: str, label: str, kind: host.ModelKind, dtype: str,
+                network: Callable[[Any], torch.nn.Module] = lambda loaded: loaded) -> tuple[Any, host.ModelHandle]:
+        """``load(path, dtype=...)`` of the entry ``name`` in the dtype that ``dtype`` picks for a ``kind`` network,
+        and the handle of its ``network`` under the host's model management (named ``label``); errors read
+        ``[node] ...``."""
+        with node_errors(node):
+            torch_dtype = host.target_dtype(kind, dtype)
+            loaded = load(host.resolve_model_path(name), dtype=torch_dtype)
+            return loaded, host.manage_model(network(loaded), label, kind, torch_dtype)
 
 
 def uint8_frames_to_image(frames: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -47,13 +48,10 @@ def register_model_folder() -> None:
     if not IN_COMFYUI:
         return
     path = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
-    if MODEL_FOLDER in folder_paths.folder_names_and_paths:
-        paths, extensions = folder_paths.folder_names_and_paths[MODEL_FOLDER]
-        if path not in paths:
-            paths.append(path)
-        extensions.update(WEIGHT_EXTENSIONS)
-    else:
-        folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([path], set(WEIGHT_EXTENSIONS))
+    paths, extensions = folder_paths.folder_names_and_paths.setdefault(MODEL_FOLDER, ([], set()))
+    if path not in paths:
+        paths.append(path)
+    extensions.update(WEIGHT_EXTENSIONS)
 
 
 def model_dirs() -> list[Path]:
@@ -87,13 +85,6 @@ def resolve_model_path(name: str) -> str:
                        "refresh the node (press R in ComfyUI).")
 
 
-def torch_device() -> torch.device:
-    """The compute device: ComfyUI's choice inside ComfyUI, else CUDA when available, else CPU."""
-    if IN_COMFYUI:
-        return model_management.get_torch_device()
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Model handles: ComfyUI's model management owns where our weights live
 
@@ -119,15 +110,10 @@ class _PatcherRoot(nn.Module):
         return self.dtype_of_weights
 
 
-_ROOT_CLASSES: dict[str, type[_PatcherRoot]] = {}
-
-
-def _root_class(network: nn.Module) -> type[_PatcherRoot]:
-    """A root class named after the network (ComfyUI logs "Requested to load MMGT_VideoNet")."""
-    name = f"MMGT_{type(network).__name__}"
-    if name not in _ROOT_CLASSES:
-        _ROOT_CLASSES[name] = type(name, (_PatcherRoot,), {"__doc__": _PatcherRoot.__doc__})
-    return _ROOT_CLASSES[name]
+@cache
+def _root_class(name: str) -> type[_PatcherRoot]:
+    """The root class called ``name``, one per network class (ComfyUI logs "Requested to load MMGT_VideoNet")."""
+    return type(name, (_PatcherRoot,), {"__doc__": _PatcherRoot.__doc__})
 
 
 @dataclass(eq=False)
@@ -145,8 +131,8 @@ class ModelHandle:
 
 
 def _kind_devices(kind: ModelKind) -> tuple[torch.device, torch.device]:
-    if not IN_COMFYUI:
-        return torch_device(), torch.device("cpu")
+    if not IN_COMFYUI:  # CUDA when available, else the CPU
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.device("cpu")
     if kind == "encoder":
         return model_management.text_encoder_device(), model_management.text_encoder_offload_device()
     if kind == "vae":
@@ -154,10 +140,11 @@ def _kind_devices(kind: ModelKind) -> tuple[torch.device, torch.device]:
     return model_management.get_torch_device(), model_management.unet_offload_device()
 
 
-def model_dtype(kind: ModelKind, choice: str, device: torch.device, parameters: int = 0) -> torch.dtype:
-    """The weights dtype: an explicit choice, else ComfyUI's policy for this kind of model (unet_dtype,
-    text_encoder_dtype, vae_dtype), else fp16 on CUDA / bf16 on CPU. fp16 on a CPU becomes bf16 (fp16 matmuls
-    are ~200x slower there)."""
+def target_dtype(kind: ModelKind, choice: str) -> torch.dtype:
+    """The weights dtype for a network of this kind, on the device ComfyUI will compute it on: an explicit choice,
+    else ComfyUI's policy for this kind of model (unet_dtype, text_encoder_dtype, vae_dtype), else fp16 on CUDA /
+    bf16 on CPU. fp16 on a CPU becomes bf16 (fp16 matmuls are ~200x slower there)."""
+    device = _kind_devices(kind)[0]
     if choice not in DTYPE_CHOICES:
         raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {choice!r}")
     if choice != "auto":
@@ -169,18 +156,12 @@ def model_dtype(kind: ModelKind, choice: str, device: torch.device, parameters: 
     elif kind == "vae":
         dtype = model_management.vae_dtype(device, [torch.bfloat16, torch.float32])  # core's SD VAE working dtypes
     else:
-        dtype = model_management.unet_dtype(device, model_params=parameters,
-                                            supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+        dtype = model_management.unet_dtype(device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
     if dtype not in _DTYPES.values():
         dtype = torch.float16 if device.type != "cpu" else torch.bfloat16  # fp8 etc. need ComfyUI's cast layers
     if device.type == "cpu" and dtype == torch.float16:
         return torch.bfloat16
     return dtype
-
-
-def target_dtype(kind: ModelKind, choice: str, parameters: int = 0) -> torch.dtype:
-    """The weights dtype for a network of this kind, on the device ComfyUI will compute it on."""
-    return model_dtype(kind, choice, _kind_devices(kind)[0], parameters)
 
 
 def manage_model(module: nn.Module, name: str, kind: ModelKind, dtype: Optional[torch.dtype] = None) -> ModelHandle:
@@ -197,14 +178,10 @@ def manage_model(module: nn.Module, name: str, kind: ModelKind, dtype: Optional[
         import comfy.model_patcher as model_patcher  # type: ignore[import-not-found]
 
         patcher_class = getattr(model_patcher, "CoreModelPatcher", None) or model_patcher.ModelPatcher
-        size = model_management.module_size(module)
-        handle.patcher = patcher_class(_root_class(module)(module, idle_device, dtype), load_device=load_device,
-                                       offload_device=idle_device, size=size)
+        root = _root_class(f"MMGT_{type(module).__name__}")(module, idle_device, dtype)
+        handle.patcher = patcher_class(root, load_device=load_device, offload_device=idle_device,
+                                       size=model_management.module_size(module))
     return handle
-
-
-def _devices_of(module: nn.Module) -> set[torch.device]:
-    return {tensor.device for tensor in (*module.parameters(), *module.buffers())}
 
 
 def _send_back(handles: Sequence[ModelHandle]) -> None:
@@ -243,7 +220,7 @@ def load_for_compute(handles: Sequence[ModelHandle], memory_required: int, stage
         _send_back(handles)  # e.g. a cancel or an error mid-move
         raise
     for handle in handles:
-        if len(_devices_of(handle.module)) > 1:
+        if len({tensor.device for tensor in (*handle.module.parameters(), *handle.module.buffers())}) > 1:
             _send_back(handles)
             raise ComputeMemoryError(f"{stage}: ComfyUI loaded only part of {handle.name} onto "
                                      f"{handle.load_device}; MMGT networks run wholly on one device. Run ComfyUI "
@@ -273,11 +250,7 @@ def free_memory_bytes(device: torch.device) -> Optional[int]:
     """Free memory of an accelerator (ComfyUI's count inside ComfyUI); None for a CPU."""
     if IN_COMFYUI:
         return None if model_management.is_device_cpu(device) else int(model_management.get_free_memory(device))
-    if device.type == "cpu":
-        return None
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return None
+    return int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
 
 
 PROGRESS_UPDATES = 100

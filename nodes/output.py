@@ -17,7 +17,7 @@ from mmgt_core.video.vae_codec import iter_decoded_chunks
 
 from . import host
 from .common import SAMPLING_CATEGORY, node_errors
-from .stage2 import LATENTS_TYPE, MMGT_VAE_TYPE, VideoLatents, vae_for_decoding
+from .stage2 import CHUNK_FRAMES_INPUT, LATENTS_TYPE, VAE_INPUTS, VideoLatents, vae_for_decoding
 
 NODE_NAME = "MMGT Save Video"
 PREVIEW_FRAMES = 4
@@ -101,12 +101,8 @@ class SaveVideo:
             "latents": (LATENTS_TYPE, {"tooltip": "From MMGT Sample Video (carries the fps and the driving audio)."}),
             "filename_prefix": ("STRING", {"default": "MMGT/video", "tooltip": "File name in ComfyUI's output "
                                            "folder; subfolders allowed. A counter and .mp4 are appended."}),
-            "chunk_frames": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames decoded at once (lower "
-                                                                                   "uses less memory)."}),
-        }, "optional": {
-            "mmgt_vae": (MMGT_VAE_TYPE, {"tooltip": "MMGT Load VAE (diffusers folder)."}),
-            "vae": ("VAE", {"tooltip": "Or ComfyUI's VAE (vae-ft-mse-840000)."}),
-        }}
+            "chunk_frames": CHUNK_FRAMES_INPUT,
+        }, "optional": {**VAE_INPUTS}}
 
     def save(self, latents: VideoLatents, filename_prefix: str, chunk_frames: int, mmgt_vae: Any = None,
              vae: Any = None) -> dict[str, Any]:

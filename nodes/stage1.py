@@ -17,42 +17,26 @@ from mmgt_core.constants import SMGA_WINDOW_FRAMES, VIDEO_FPS
 from mmgt_core.keypoints import PoseSequence
 from mmgt_core.memory import ENCODER_WORKING_BYTES, smga_window_bytes
 from mmgt_core.pipeline import pose_from_features, smga_total_steps
-from mmgt_core.smga.model import GestureDecoder, load_smga
+from mmgt_core.smga.model import load_smga
 
 from . import host
 from .common import (
     AUDIO_CATEGORY,
-    DTYPE_INPUT,
     KEYPOINTS_INPUT,
-    KEYPOINTS_TYPE,
-    LOADERS_CATEGORY,
     LOGGER,
-    POSE_CATEGORY,
+    KeypointsOutput,
+    KeypointsWithNotes,
+    ManagedModel,
+    ModelLoader,
     audio_to_mono,
     image_to_uint8_frames,
     node_errors,
 )
-from .model_files import choices, dwpose_paths, dwpose_problems, validate_file
+from .model_files import choices, dwpose_paths, dwpose_problems
 
 SMGA_TYPE = "MMGT_SMGA"
 WAVLM_TYPE = "MMGT_WAVLM"
 STAGE1_AUDIO_TYPE = "MMGT_STAGE1_AUDIO"
-
-
-@dataclass
-class LoadedSMGA:
-    """An SMGA model under the host's model management, and the file it came from."""
-
-    handle: host.ModelHandle
-    source: str
-
-    @property
-    def model(self) -> GestureDecoder:
-        return self.handle.module
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.handle.dtype
 
 
 @dataclass
@@ -70,59 +54,30 @@ class Stage1Audio:
     features: torch.Tensor
 
 
-class LoadSMGA:
+class LoadSMGA(ModelLoader):
     DESCRIPTION = ("Loads the Stage-I SMGA audio→pose model: the official audio2pose_best_model.pt (its EMA "
                    "weights, opened safely) or an MMGT .safetensors from models/mmgt.")
-    CATEGORY = LOADERS_CATEGORY
-    FUNCTION = "load"
     RETURN_TYPES = (SMGA_TYPE,)
     RETURN_NAMES = ("smga",)
+    COMPONENT = "smga"
+    PICK = ("checkpoint", "SMGA weights in models/mmgt: audio2pose_best_model.pt or smga.safetensors.")
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "checkpoint": (choices("smga"),
-                           {"tooltip": "SMGA weights in models/mmgt: audio2pose_best_model.pt or smga.safetensors."}),
-            "dtype": DTYPE_INPUT,
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, checkpoint: str | None = None) -> bool | str:
-        return validate_file("smga", checkpoint)
-
-    def load(self, checkpoint: str, dtype: str) -> tuple[LoadedSMGA]:
-        with node_errors("MMGT Load SMGA"):
-            torch_dtype = host.target_dtype("diffusion", dtype)
-            model = load_smga(host.resolve_model_path(checkpoint), dtype=torch_dtype)
-            handle = host.manage_model(model, "SMGA", "diffusion", torch_dtype)
-        return (LoadedSMGA(handle, checkpoint),)
+    def load(self, checkpoint: str, dtype: str) -> tuple[ManagedModel]:
+        _, handle = self.managed("MMGT Load SMGA", load_smga, checkpoint, "SMGA", "diffusion", dtype)
+        return (ManagedModel(handle),)
 
 
-class LoadWavLM:
+class LoadWavLM(ModelLoader):
     DESCRIPTION = ("Loads WavLM-Large for the Stage-I audio features: the official unilm WavLM-Large.pt "
                    "(converted safely), a converted .safetensors, or a Hugging Face folder in models/mmgt.")
-    CATEGORY = LOADERS_CATEGORY
-    FUNCTION = "load"
     RETURN_TYPES = (WAVLM_TYPE,)
     RETURN_NAMES = ("wavlm",)
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "model": (choices("wavlm"), {"tooltip": "wavlm/WavLM-Large.pt (official), a converted .safetensors, "
-                                                    "or a HF folder such as wavlm-large."}),
-            "dtype": DTYPE_INPUT,
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, model: str | None = None) -> bool | str:
-        return validate_file("wavlm", model)
+    COMPONENT = "wavlm"
+    PICK = ("model", "wavlm/WavLM-Large.pt (official), a converted .safetensors, or a HF folder such as wavlm-large.")
 
     def load(self, model: str, dtype: str) -> tuple[LoadedWavLM]:
-        with node_errors("MMGT Load WavLM"):
-            torch_dtype = host.target_dtype("encoder", dtype)
-            encoder = load_wavlm(host.resolve_model_path(model), dtype=torch_dtype)
-            handle = host.manage_model(encoder.model, "WavLM", "encoder", torch_dtype)
+        encoder, handle = self.managed("MMGT Load WavLM", load_wavlm, model, "WavLM", "encoder", dtype,
+                                       network=lambda loaded: loaded.model)
         return (LoadedWavLM(encoder, handle),)
 
 
@@ -157,12 +112,10 @@ class Stage1AudioFeatures:
                 "\n".join(notes) or f"{duration:.2f} s of audio, {int(features.shape[0])} frames.")
 
 
-class ReferencePose:
+class ReferencePose(KeypointsWithNotes):
     DESCRIPTION = ("Finds the speaker's whole-body keypoints in the reference image (DWPose ONNX files from "
                    "models/mmgt/dwpose, or the optional MediaPipe fallback). Takes the largest person.")
-    CATEGORY = POSE_CATEGORY
     FUNCTION = "detect"
-    RETURN_TYPES = (KEYPOINTS_TYPE, "STRING")
     RETURN_NAMES = ("reference_pose", "notes")
 
     @classmethod
@@ -189,9 +142,8 @@ class ReferencePose:
 
         with node_errors("MMGT Reference Pose"):
             picture = image_to_uint8_frames(image)[0].numpy()
-            paths = None
-            if backend == "dwpose" or (backend == "auto" and not _auto_falls_back(detector, pose_model)):
-                paths = dwpose_paths(detector, pose_model)
+            dwpose = backend == "dwpose" or (backend == "auto" and not _auto_falls_back(detector, pose_model))
+            paths = dwpose_paths(detector, pose_model) if dwpose else None
             result = detect_reference_pose(picture, backend=backend, dwpose_paths=paths)
             keypoints = torch.as_tensor(np.asarray(result.keypoints), dtype=torch.float32)[None]
             sequence = PoseSequence(keypoints, picture.shape[1], picture.shape[0], float(VIDEO_FPS))
@@ -203,14 +155,11 @@ def _auto_falls_back(detector: str | None, pose_model: str | None) -> bool:
     return dwpose_problems(detector, pose_model) is not True and importlib.util.find_spec("mediapipe") is not None
 
 
-class AudioToPose:
+class AudioToPose(KeypointsOutput):
     DESCRIPTION = ("Generates whole-body keypoints from Stage-I audio features with SMGA (DDIM, classifier-free "
                    "guidance), for any audio length: 80-frame windows, each continuing from the previous one. "
                    "Frame 0 is the reference pose, as in the official code.")
-    CATEGORY = POSE_CATEGORY
     FUNCTION = "generate"
-    RETURN_TYPES = (KEYPOINTS_TYPE,)
-    RETURN_NAMES = ("keypoints",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -231,7 +180,7 @@ class AudioToPose:
                                                                               "smoothing of the released script."}),
         }}
 
-    def generate(self, smga: LoadedSMGA, audio_features: Stage1Audio, reference_pose: PoseSequence, seed: int,
+    def generate(self, smga: ManagedModel, audio_features: Stage1Audio, reference_pose: PoseSequence, seed: int,
                  steps: int, guidance: float, overlap: int, best_of: int, smoothing: str) -> tuple[PoseSequence]:
         with node_errors("MMGT Audio → Pose"):
             frames = int(audio_features.features.shape[0])
@@ -239,7 +188,7 @@ class AudioToPose:
                                    workload=f"{frames} frames, best_of {best_of}", lower="best_of",
                                    memory_required=smga_window_bytes(2 * best_of, smga.dtype)):
                 sequence = pose_from_features(
-                    smga.model, audio_features.features, reference_pose, seed, steps=steps, guidance=guidance,
+                    smga.module, audio_features.features, reference_pose, seed, steps=steps, guidance=guidance,
                     overlap=overlap, best_of=best_of, smoothing=smoothing, dtype=smga.dtype,
                     progress=host.progress_reporter(smga_total_steps(frames, steps, overlap)),
                     check_cancel=host.check_cancel)

@@ -34,7 +34,7 @@ from mmgt_core.pretrained import load_vae
 from mmgt_core.timeline import trim_audio
 from mmgt_core.video.conditioning import MASK_MODES, clip_image_embeds, load_clip_image_encoder
 from mmgt_core.video.context import SCHEDULES
-from mmgt_core.video.net import VideoNet, load_video_net
+from mmgt_core.video.net import load_video_net
 from mmgt_core.video.scheduler import SCHEDULERS
 from mmgt_core.video.settings import RELEASED, VideoSettings
 from mmgt_core.video.vae_codec import VAE_SCALING, decode_latents
@@ -42,15 +42,15 @@ from mmgt_core.video.vae_codec import VAE_SCALING, decode_latents
 from . import host
 from .common import (
     AUDIO_CATEGORY,
-    DTYPE_INPUT,
     KEYPOINTS_TYPE,
-    LOADERS_CATEGORY,
     LOGGER,
     SAMPLING_CATEGORY,
+    ManagedModel,
+    ModelLoader,
     audio_to_mono,
     node_errors,
 )
-from .model_files import all_problems, choices, validate_file, validate_number
+from .model_files import all_problems, choices, validate_number
 
 LARGE_DECODE_BYTES = 4 * 2**30  # a whole-video IMAGE decode above this gets a warning naming the streaming node
 VIDEO_NET_TYPE = "MMGT_VIDEO_NET"
@@ -61,22 +61,11 @@ STAGE2_AUDIO_TYPE = "MMGT_STAGE2_AUDIO"
 LATENTS_TYPE = "MMGT_LATENTS"
 SILENT_AUDIO_RATE = ENCODER_SAMPLE_RATE  # the sample rate of the silent track a pose-only video gets
 SAMPLE_NODE = "MMGT Sample Video"
-
-
-@dataclass
-class LoadedVideoNet:
-    """The video net (ReferenceNet, 3D UNet, PoseGuider, AudioProj: one module, one patcher) under the host's
-    model management."""
-
-    handle: host.ModelHandle
-
-    @property
-    def net(self) -> VideoNet:
-        return self.handle.module
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.handle.dtype
+CHUNK_FRAMES_INPUT = ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames decoded at once (lower uses less "
+                                                                            "memory)."})
+VAE_INPUTS = {"mmgt_vae": (MMGT_VAE_TYPE, {"tooltip": "MMGT Load VAE (diffusers folder)."}),
+              "vae": ("VAE", {"tooltip": "Or ComfyUI's VAE (vae-ft-mse-840000)."})}
+"""The decoding nodes' inputs: the chunk size and the two ways to give the VAE."""
 
 
 @dataclass
@@ -103,98 +92,54 @@ class VideoLatents:
         return waveform, int(self.audio["sample_rate"])
 
 
-class LoadVideoNet:
+class LoadVideoNet(ModelLoader):
     DESCRIPTION = ("Loads the Stage-II video network: the official net-*.pth (ReferenceNet, 3D UNet with motion and "
                    "MM-HAA audio modules, PoseGuider, AudioProj; opened safely and loaded strictly) or an MMGT "
                    ".safetensors.")
-    CATEGORY = LOADERS_CATEGORY
-    FUNCTION = "load"
     RETURN_TYPES = (VIDEO_NET_TYPE,)
     RETURN_NAMES = ("video_net",)
+    COMPONENT = "video_net"
+    PICK = ("checkpoint", "net-32500.pth (official) or a converted .safetensors in models/mmgt.")
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "checkpoint": (choices("video_net"),
-                           {"tooltip": "net-32500.pth (official) or a converted .safetensors in models/mmgt."}),
-            "dtype": DTYPE_INPUT,
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, checkpoint: str | None = None) -> bool | str:
-        return validate_file("video_net", checkpoint)
-
-    def load(self, checkpoint: str, dtype: str) -> tuple[LoadedVideoNet]:
-        with node_errors("MMGT Load Video Net"):
-            torch_dtype = host.target_dtype("diffusion", dtype)
-            net = load_video_net(host.resolve_model_path(checkpoint), dtype=torch_dtype)
-            handle = host.manage_model(net, "the video net", "diffusion", torch_dtype)
-        return (LoadedVideoNet(handle),)
+    def load(self, checkpoint: str, dtype: str) -> tuple[ManagedModel]:
+        handle = self.managed("MMGT Load Video Net", load_video_net, checkpoint, "the video net", "diffusion", dtype)[1]
+        return (ManagedModel(handle),)
 
 
-class LoadVAE:
+class LoadVAE(ModelLoader):
     DESCRIPTION = "Loads a diffusers AutoencoderKL folder (sd-vae-ft-mse) from models/mmgt for MMGT."
-    CATEGORY = LOADERS_CATEGORY
-    FUNCTION = "load"
     RETURN_TYPES = (MMGT_VAE_TYPE,)
     RETURN_NAMES = ("mmgt_vae",)
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"folder": (choices("vae"), {"tooltip": "A diffusers VAE folder, e.g. sd-vae-ft-mse."}),
-                             "dtype": DTYPE_INPUT}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
-        return validate_file("vae", folder)
+    COMPONENT = "vae"
+    PICK = ("folder", "A diffusers VAE folder, e.g. sd-vae-ft-mse.")
 
     def load(self, folder: str, dtype: str) -> tuple[host.ModelHandle]:
-        with node_errors("MMGT Load VAE"):
-            torch_dtype = host.target_dtype("vae", dtype)
-            vae = load_vae(host.resolve_model_path(folder), dtype=torch_dtype)
-            return (host.manage_model(vae, "the VAE", "vae", torch_dtype),)
+        return (self.managed("MMGT Load VAE", load_vae, folder, "the VAE", "vae", dtype)[1],)
 
 
-class LoadImageEncoder:
+class LoadImageEncoder(ModelLoader):
     DESCRIPTION = ("Loads the CLIP ViT-L/14 image encoder with projection (image_encoder folder of "
                    "sd-image-variations-diffusers) from models/mmgt, with the official preprocessing.")
-    CATEGORY = LOADERS_CATEGORY
-    FUNCTION = "load"
     RETURN_TYPES = (IMAGE_ENCODER_TYPE,)
     RETURN_NAMES = ("image_encoder",)
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"folder": (choices("image_encoder"), {"tooltip": "A CLIPVisionModelWithProjection "
-                                                                               "folder."}),
-                             "dtype": DTYPE_INPUT}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
-        return validate_file("image_encoder", folder)
+    COMPONENT = "image_encoder"
+    PICK = ("folder", "A CLIPVisionModelWithProjection folder.")
 
     def load(self, folder: str, dtype: str) -> tuple[host.ModelHandle]:
-        with node_errors("MMGT Load Image Encoder"):
-            torch_dtype = host.target_dtype("encoder", dtype)
-            encoder = load_clip_image_encoder(host.resolve_model_path(folder), dtype=torch_dtype)
-            return (host.manage_model(encoder, "the CLIP image encoder", "encoder", torch_dtype),)
+        return (self.managed("MMGT Load Image Encoder", load_clip_image_encoder, folder, "the CLIP image encoder",
+                             "encoder", dtype)[1],)
 
 
-class LoadWav2Vec2:
+class LoadWav2Vec2(ModelLoader):
     DESCRIPTION = "Loads wav2vec2-base-960h (a local Hugging Face folder in models/mmgt) for the MM-HAA audio features."
-    CATEGORY = LOADERS_CATEGORY
-    FUNCTION = "load"
     RETURN_TYPES = (WAV2VEC_TYPE,)
     RETURN_NAMES = ("wav2vec2",)
+    COMPONENT = "wav2vec2"
+    PICK = ("folder", "facebook/wav2vec2-base-960h folder (runs in float32, like the official features).")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"folder": (choices("wav2vec2"), {"tooltip": "facebook/wav2vec2-base-960h folder (runs "
-                                                                         "in float32, like the official features)."})}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, folder: str | None = None) -> bool | str:
-        return validate_file("wav2vec2", folder)
+        return {"required": {"folder": (choices(cls.COMPONENT), {"tooltip": cls.PICK[1]})}}  # no dtype widget
 
     def load(self, folder: str) -> tuple[host.ModelHandle]:
         with node_errors("MMGT Load wav2vec2"):
@@ -324,8 +269,7 @@ class SampleVideo:
             "hands_mask": ("MASK", {"tooltip": "Optional override: hands mask (used by mask mode 'training')."}),
             "image_encoder": (IMAGE_ENCODER_TYPE, {"tooltip": "MMGT Load Image Encoder (official preprocessing)."}),
             "clip_vision": ("CLIP_VISION", {"tooltip": "Or ComfyUI's CLIP Vision (ViT-L/14)."}),
-            "mmgt_vae": (MMGT_VAE_TYPE, {"tooltip": "MMGT Load VAE (diffusers folder)."}),
-            "vae": ("VAE", {"tooltip": "Or ComfyUI's VAE (vae-ft-mse-840000)."}),
+            **VAE_INPUTS,
         }}
 
     @classmethod
@@ -333,7 +277,7 @@ class SampleVideo:
         return all_problems(validate_number(cls, "width", width, multiple_of=SIZE_MULTIPLE),
                              validate_number(cls, "height", height, multiple_of=SIZE_MULTIPLE))
 
-    def sample(self, video_net: LoadedVideoNet, reference_image: torch.Tensor, **inputs: Any
+    def sample(self, video_net: ManagedModel, reference_image: torch.Tensor, **inputs: Any
                ) -> tuple[VideoLatents, dict[str, Any]]:
         """ComfyUI passes every input by name: the optional ones fill :class:`SampleVideoOptions`, the widgets
         :class:`VideoSettings` (:func:`video_settings`)."""
@@ -341,7 +285,7 @@ class SampleVideo:
         with node_errors(SAMPLE_NODE):
             settings = video_settings(**inputs)
             video_inputs = options.video_inputs(reference_image)
-            pipeline = VideoPipeline(video_net.net, _pick_vae(options.vae, options.mmgt_vae, SAMPLE_NODE))
+            pipeline = VideoPipeline(video_net.module, _pick_vae(options.vae, options.mmgt_vae, SAMPLE_NODE))
             latents = _render_latents(pipeline, video_net, options, video_inputs, settings)
         audio = options.audio_features.audio if options.audio_features is not None else None
         return VideoLatents(latents, float(VIDEO_FPS), audio), core_latent(latents)
@@ -388,7 +332,7 @@ class SampleVideoOptions:
 SAMPLE_OPTION_NAMES = tuple(field.name for field in fields(SampleVideoOptions))
 
 
-def _render_latents(pipeline: VideoPipeline, video_net: LoadedVideoNet, options: SampleVideoOptions,
+def _render_latents(pipeline: VideoPipeline, video_net: ManagedModel, options: SampleVideoOptions,
                     inputs: VideoInputs, settings: VideoSettings) -> torch.Tensor:
     """Conditioning (with our VAE loaded too, for the reference latent), then the denoising loop, each under the
     host's model management with the memory one context window needs."""
@@ -416,14 +360,8 @@ class DecodeVideo:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "latents": (LATENTS_TYPE, {"tooltip": "From MMGT Sample Video."}),
-            "chunk_frames": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames decoded at once (lower "
-                                                                                   "uses less memory)."}),
-        }, "optional": {
-            "mmgt_vae": (MMGT_VAE_TYPE, {"tooltip": "MMGT Load VAE (diffusers folder)."}),
-            "vae": ("VAE", {"tooltip": "Or ComfyUI's VAE."}),
-        }}
+        return {"required": {"latents": (LATENTS_TYPE, {"tooltip": "From MMGT Sample Video."}),
+                             "chunk_frames": CHUNK_FRAMES_INPUT}, "optional": {**VAE_INPUTS}}
 
     def decode(self, latents: VideoLatents, chunk_frames: int, mmgt_vae: Optional[host.ModelHandle] = None,
                vae: Any = None) -> tuple[torch.Tensor, float, dict[str, Any]]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from mmgt_core.constants import VIDEO_FPS
@@ -13,14 +11,8 @@ from mmgt_core.keypoints import PoseSequence
 from mmgt_core.pose_detect.track import DEFAULT_MAX_GAP
 
 from . import host
-from .common import KEYPOINTS_TYPE, POSE_CATEGORY, KeypointsWithNotes, image_to_uint8_frames, node_errors
+from .common import KeypointsOutput, KeypointsWithNotes, image_to_uint8_frames, node_errors
 from .model_files import choices, dwpose_paths, dwpose_problems
-
-
-def uint8_frames(images: torch.Tensor) -> Iterator[np.ndarray]:
-    """One (H, W, 3) uint8 RGB frame at a time from a ComfyUI IMAGE batch (no full uint8 copy of the video)."""
-    for index in range(images.shape[0] if images.ndim == 4 else 1):
-        yield image_to_uint8_frames(images[index] if images.ndim == 4 else images)[0].numpy()
 
 
 class DetectKeypoints(KeypointsWithNotes):
@@ -57,14 +49,15 @@ class DetectKeypoints(KeypointsWithNotes):
 
         with node_errors("MMGT Detect Keypoints"):
             estimator = dwpose_estimator(dwpose_paths(detector, pose_model))
-            count = int(images.shape[0]) if images.ndim == 4 else 1
+            images = images if images.ndim == 4 else images[None]
+            frames = (image_to_uint8_frames(image)[0].numpy() for image in images)  # one at a time: no uint8 video
             sequence, notes = detect_video_keypoints(
-                uint8_frames(images), estimator, fps, num_frames=count, max_gap=max_gap_frames,
-                progress=host.progress_reporter(count), check_cancel=host.check_cancel)
+                frames, estimator, fps, num_frames=int(images.shape[0]), max_gap=max_gap_frames,
+                progress=host.progress_reporter(int(images.shape[0])), check_cancel=host.check_cancel)
         return sequence, "\n".join(notes)
 
 
-class KeypointsFromPoseVideo:
+class KeypointsFromPoseVideo(KeypointsOutput):
     """Read keypoints back from a DWPose-style pose video, enough for the motion masks."""
 
     DESCRIPTION = ("For a pose video without keypoints (a DWPose/OpenPose-style drawing on black): reads back the "
@@ -74,10 +67,7 @@ class KeypointsFromPoseVideo:
                    "regions are meaningful), knees and ankles, points hidden under others, or scores; hand points "
                    "whose number cannot be told are kept for the hand region only. Needs the drawing's exact "
                    "colours: other drawing styles and H.264-compressed pose videos are refused.")
-    CATEGORY = POSE_CATEGORY
     FUNCTION = "recover"
-    RETURN_TYPES = (KEYPOINTS_TYPE,)
-    RETURN_NAMES = ("keypoints",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from mmgt_core.pose_align import SOURCES, align_to_reference, blend_keypoints
 from mmgt_core.timeline import match_length, resample_frames, resample_keypoints
 
 from . import host
-from .common import KEYPOINTS_INPUT, KEYPOINTS_TYPE, POSE_CATEGORY, KeypointsWithNotes, node_errors
+from .common import KEYPOINTS_INPUT, KEYPOINTS_TYPE, POSE_CATEGORY, KeypointsOutput, KeypointsWithNotes, node_errors
 
 FPS_OUT_INPUT = ("FLOAT", {"default": float(VIDEO_FPS), "min": 1.0, "max": 240.0, "step": 0.001,
                            "tooltip": f"Wanted frame rate (MMGT works at {VIDEO_FPS})."})
@@ -53,13 +53,10 @@ class AlignKeypoints(KeypointsWithNotes):
         return aligned, note
 
 
-class BlendKeypoints:
+class BlendKeypoints(KeypointsOutput):
     DESCRIPTION = ("Mixes two keypoint sequences part by part (body, face, hands): take each part from A, from B, "
                    "or blend them, e.g. SMGA lips and face with hand gestures from an external pose.")
-    CATEGORY = POSE_CATEGORY
     FUNCTION = "blend"
-    RETURN_TYPES = (KEYPOINTS_TYPE,)
-    RETURN_NAMES = ("keypoints",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
