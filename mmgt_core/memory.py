@@ -144,8 +144,8 @@ def _measure_stage2(width: int, height: int, frame_counts: Sequence[int], dtype:
 
 
 def _measure_vae(width: int, height: int, chunks: Sequence[int], dtype: torch.dtype) -> list[dict]:
+    from mmgt_core.bench_harness import PeakRSS
     from mmgt_core.tiny_models import random_vae
-    from mmgt_core.video.bench import PeakRSS
     from mmgt_core.video.vae_codec import decode_latents
 
     vae = random_vae(False, dtype)
@@ -162,9 +162,9 @@ def _measure_vae(width: int, height: int, chunks: Sequence[int], dtype: torch.dt
 
 
 def _measure_smga(batches: Sequence[int], dtype: torch.dtype) -> list[dict]:
+    from mmgt_core.bench_harness import PeakRSS
     from mmgt_core.smga.bench import _inputs, build_bench_model
     from mmgt_core.smga.generate import generate_pose_sequence
-    from mmgt_core.video.bench import PeakRSS
 
     model = build_bench_model("cpu", dtype)
     rows = []
@@ -183,8 +183,8 @@ def _measure_smga(batches: Sequence[int], dtype: torch.dtype) -> list[dict]:
 
 def _measure_wav2vec2(seconds: float) -> list[dict]:
     from mmgt_core.audio.wav2vec import wav2vec2_features
+    from mmgt_core.bench_harness import PeakRSS
     from mmgt_core.tiny_models import random_wav2vec
-    from mmgt_core.video.bench import PeakRSS
 
     model = random_wav2vec(False)
     wave = torch.sin(torch.arange(int(seconds * ENCODER_SAMPLE_RATE)) * 0.05) * 0.3
