@@ -328,26 +328,6 @@ def _eye_centres(face: torch.Tensor) -> torch.Tensor:
     return pupils
 
 
-def _openpose_person(points: torch.Tensor, scale: torch.Tensor) -> dict[str, list[float]]:
-    points = points.clone()
-    points[points[:, 2] < KEYPOINT_SCORE_THRESHOLD] = 0
-    face = points[FACE.start : FACE.stop]
-    person = {_FACE_KEY: _flat(torch.cat([face, _eye_centres(face)]) / scale)}
-    for part, index_range in _PART_RANGES_BY_FLAVOUR["openpose"].items():
-        if part != _FACE_KEY:
-            person[part] = _flat(points[index_range.start : index_range.stop] / scale)
-    return person
-
-
-def _sdpose_person(points: torch.Tensor) -> dict[str, list[float]]:
-    face = torch.cat([points[FACE.start : FACE.stop], points[[14, 15]]])  # core appends the body's eyes
-    person = {_FACE_KEY: _flat(face)}
-    for part, index_range in _PART_RANGES_BY_FLAVOUR["sdpose"].items():
-        if part != _FACE_KEY:
-            person[part] = _flat(points[index_range.start : index_range.stop])
-    return person
-
-
 def to_pose_keypoint(sequence: PoseSequence, normalized: bool = False, flavour: str = "openpose"
                      ) -> list[dict[str, Any]]:
     """Convert a :class:`PoseSequence` into ComfyUI ``POSE_KEYPOINT`` frames (one person per frame).
@@ -365,6 +345,16 @@ def to_pose_keypoint(sequence: PoseSequence, normalized: bool = False, flavour: 
     frames: list[dict[str, Any]] = []
     scale = torch.tensor([sequence.width, sequence.height, 1.0]) if normalized else torch.ones(3)
     for points in sequence.keypoints.float():
-        person = _sdpose_person(points) if flavour == "sdpose" else _openpose_person(points, scale)
+        if flavour == "openpose":
+            points = points.clone()
+            points[points[:, 2] < KEYPOINT_SCORE_THRESHOLD] = 0
+            face = points[FACE.start : FACE.stop]
+            face = torch.cat([face, _eye_centres(face)])
+        else:
+            face = torch.cat([points[FACE.start : FACE.stop], points[[14, 15]]])  # core appends the body's eyes
+        person = {_FACE_KEY: _flat(face / scale)}
+        for part, index_range in _PART_RANGES_BY_FLAVOUR[flavour].items():
+            if part != _FACE_KEY:
+                person[part] = _flat(points[index_range.start : index_range.stop] / scale)
         frames.append({"people": [person], "canvas_width": sequence.width, "canvas_height": sequence.height})
     return frames
