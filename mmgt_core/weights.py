@@ -66,9 +66,7 @@ def readable_load_error(error: BaseException) -> str:
     while cause is not None and not isinstance(cause, pickle.UnpicklingError) and id(cause) not in seen:
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
-    if cause is not None and not isinstance(cause, pickle.UnpicklingError):
-        cause = None
-    if cause is not None:
+    if isinstance(cause, pickle.UnpicklingError):
         return ("a pickled weight file in it holds code or objects that are not plain weights, and this pack never "
                 "unpickles code. Use the model's .safetensors weights, or re-download the folder from its source.")
     return str(error).splitlines()[0] if str(error) else type(error).__name__
