@@ -83,10 +83,8 @@ def decode_chunk_that_fits(free_bytes: Optional[int], width: int, height: int, d
                            requested: int) -> int:
     """The largest chunk <= ``requested`` whose decode estimate fits ``free_bytes`` (at least 1; ``requested``
     when the free memory is unknown, e.g. on a CPU)."""
-    if free_bytes is None:
-        return max(1, requested)
     chunk = max(1, requested)
-    while chunk > 1 and vae_decode_bytes(width, height, chunk, dtype) > free_bytes:
+    while free_bytes is not None and chunk > 1 and vae_decode_bytes(width, height, chunk, dtype) > free_bytes:
         chunk -= 1
     return chunk
 
