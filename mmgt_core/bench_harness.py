@@ -67,7 +67,8 @@ def timed(function: Callable[[], Any], device: Optional[torch.device] = None) ->
 
 
 def median_time(function: Callable[[], Any], repeats: int) -> float:
-    """Median seconds of ``repeats`` calls of ``function``."""
+    """Median seconds of ``repeats`` calls of ``function``, after one untimed warm-up call."""
+    function()
     return statistics.median(timed(function)[0] for _ in range(repeats))
 
 

@@ -134,7 +134,6 @@ def _sd15_forward_seconds(unet_config: UNetConfig, settings: VideoSettings, dtyp
         with torch.no_grad():
             baseline(sample, 500, encoder_hidden_states=context, return_dict=False)
 
-    run()  # warm-up
     return median_time(run, repeats)  # the baseline model is freed when this returns
 
 
@@ -165,13 +164,10 @@ def run_video_bench(
     results["build_s"] = build_s
     results["parameters"] = sum(p.numel() for p in net.parameters())
     if build_dtype != target:
-        fp32_window = _window_forward(net, settings, torch.float32)
-        fp32_window()  # warm-up
-        results["window_forward_fp32_s"] = median_time(fp32_window, max(1, repeats - 1))
+        results["window_forward_fp32_s"] = median_time(_window_forward(net, settings, torch.float32),
+                                                       max(1, repeats - 1))
         net = net.to(target)
-    window = _window_forward(net, settings, target)
-    window()
-    results[f"window_forward_{dtype}_s"] = median_time(window, repeats)
+    results[f"window_forward_{dtype}_s"] = median_time(_window_forward(net, settings, target), repeats)
     if "window_forward_fp32_s" in results:
         results["bf16_speedup"] = results["window_forward_fp32_s"] / results[f"window_forward_{dtype}_s"]
         log(f"[video bench] one window forward: fp32 {results['window_forward_fp32_s']:.2f}s, {dtype} "
