@@ -18,7 +18,7 @@ range [−200, 800] px still covers for aspect ratios up to about 2:1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,33 +138,26 @@ def mask_leg_pixels(keypoints: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _cover_transform(width: int, height: int) -> tuple[float, float, float]:
-    """Scale and offsets that map a canvas onto the official 512 space (short side → 512, centred)."""
-    scale = OFFICIAL_CANVAS / min(width, height)
-    offset_x = (OFFICIAL_CANVAS - width * scale) / 2
-    offset_y = (OFFICIAL_CANVAS - height * scale) / 2
-    return scale, offset_x, offset_y
-
-
 def to_official_pixels(keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Canvas pixels → official 512-space pixels (identity for 512×512)."""
-    if width == OFFICIAL_CANVAS and height == OFFICIAL_CANVAS:
-        return keypoints.clone()
-    scale, offset_x, offset_y = _cover_transform(width, height)
-    out = keypoints.clone()
-    out[..., 0] = keypoints[..., 0] * scale + offset_x
-    out[..., 1] = keypoints[..., 1] * scale + offset_y
-    return out
+    return _cover_map(keypoints, width, height, lambda value, scale, offset: value * scale + offset)
 
 
 def from_official_pixels(keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Official 512-space pixels → canvas pixels (inverse of :func:`to_official_pixels`)."""
-    if width == OFFICIAL_CANVAS and height == OFFICIAL_CANVAS:
-        return keypoints.clone()
-    scale, offset_x, offset_y = _cover_transform(width, height)
+    return _cover_map(keypoints, width, height, lambda value, scale, offset: (value - offset) / scale)
+
+
+def _cover_map(keypoints: torch.Tensor, width: int, height: int,
+               move: Callable[[torch.Tensor, float, float], torch.Tensor]) -> torch.Tensor:
+    """A copy with ``move(coordinate, scale, offset)`` applied to x and y, for the cover rule that maps the canvas
+    onto the official 512 space (short side → 512, centred); a plain copy for a 512×512 canvas."""
     out = keypoints.clone()
-    out[..., 0] = (keypoints[..., 0] - offset_x) / scale
-    out[..., 1] = (keypoints[..., 1] - offset_y) / scale
+    if width == OFFICIAL_CANVAS and height == OFFICIAL_CANVAS:
+        return out
+    scale = OFFICIAL_CANVAS / min(width, height)
+    for axis, size in ((0, width), (1, height)):
+        out[..., axis] = move(keypoints[..., axis], scale, (OFFICIAL_CANVAS - size * scale) / 2)
     return out
 
 
