@@ -211,12 +211,10 @@ def strict_load(
     )
     if missing or unexpected or mis_shaped:
         parts = [f"'{source}' does not match the {COMPONENT_DESCRIPTIONS.get(component, component)}:"]
-        if missing:
-            parts.append(f"{len(missing)} missing keys [{_describe_keys(missing)}]")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys [{_describe_keys(unexpected)}]")
-        if mis_shaped:
-            parts.append(f"{len(mis_shaped)} keys with other shapes [{_describe_keys(mis_shaped)}]")
+        for keys, what in ((missing, "missing keys"), (unexpected, "unexpected keys"),
+                           (mis_shaped, "keys with other shapes")):
+            if keys:
+                parts.append(f"{len(keys)} {what} [{_describe_keys(keys)}]")
         parts.append("Check that the file is the right component and the model config matches it.")
         raise WeightsError(" ".join(parts))
     usable = {key: value for key, value in state_dict.items() if key in own}
