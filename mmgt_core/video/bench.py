@@ -65,30 +65,24 @@ def random_sd15_unet(unet: UNetConfig, dtype: torch.dtype) -> nn.Module:
     return random_diffusers_model(UNet2DConditionModel, dtype, WEIGHT_SEED, **unet.diffusers_config())
 
 
-def _synthetic_inputs(frames: int, width: int, height: int, seed: int = 0) -> dict[str, Any]:
-    """A moving pose (keypoints), a reference image and a speech-like waveform of the same length."""
-    generator = torch.Generator().manual_seed(seed)
-    image = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8)
-    wave = torch.from_numpy(synthetic_speech(frames / VIDEO_FPS))
-    return {"pose": moving_pose(frames, width, height), "image": image, "wave": wave}
-
-
 def _generate(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, settings: VideoSettings,
               dtype: torch.dtype) -> dict[str, float]:
-    """One whole video through :class:`~mmgt_core.pipeline.VideoPipeline`, timed stage by stage.
+    """One whole video through :class:`~mmgt_core.pipeline.VideoPipeline`, timed stage by stage, from a moving
+    synthetic pose (keypoints), a random reference image and speech-like audio of the same length.
 
     ``unet_loop_s`` is the pipeline's sampling time less one separately timed ReferenceNet pass (``reference_s``);
     pose frames and masks are drawn inside the loop, window by window, so they count in the loop.
     """
     from mmgt_core.audio.wav2vec import wav2vec2_features
 
-    inputs = _synthetic_inputs(frames, settings.width, settings.height)
+    image = (torch.rand(settings.height, settings.width, 3, generator=torch.Generator().manual_seed(0)) * 255)
+    wave = torch.from_numpy(synthetic_speech(frames / VIDEO_FPS))
     pipeline = VideoPipeline(net, vae)
     split: dict[str, float] = {}
-    split["audio_s"], features = timed(lambda: wav2vec2_features(wav2vec, inputs["wave"], ENCODER_SAMPLE_RATE)[0])
+    split["audio_s"], features = timed(lambda: wav2vec2_features(wav2vec, wave, ENCODER_SAMPLE_RATE)[0])
     embeds = torch.randn(1, net.config.unet.cross_attention_dim)
-    video_inputs = VideoInputs(inputs["image"], keypoints=inputs["pose"], audio_features=features,
-                               image_embeds=embeds)
+    video_inputs = VideoInputs(image.to(torch.uint8), keypoints=moving_pose(frames, settings.width, settings.height),
+                               audio_features=features, image_embeds=embeds)
     split["conditioning_s"], cond = timed(lambda: pipeline.conditioning(video_inputs, settings))
     split["reference_s"], _ = timed(lambda: reference_for_video(net, cond))
     sample_s, latents = timed(lambda: pipeline.sample(cond, settings, torch.Generator().manual_seed(0)))
