@@ -240,11 +240,8 @@ def _person_to_points(person: dict[str, Any], flavour: str) -> torch.Tensor:
 
 def _looks_normalized(frames: list[torch.Tensor]) -> bool:
     """True when every visible coordinate lies in [0, 1] (normalised OpenPose JSON)."""
-    coords = [f[f[:, 2] > 0][:, :2] for f in frames]
-    coords = [c for c in coords if c.numel()]
-    if not coords:
-        return True
-    return bool(torch.cat(coords).abs().max() <= 1.0 + 1e-6)
+    coords = torch.cat([f[f[:, 2] > 0][:, :2] for f in frames])
+    return coords.numel() == 0 or bool(coords.abs().max() <= 1.0 + 1e-6)
 
 
 def from_pose_keypoint(
