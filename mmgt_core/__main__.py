@@ -51,17 +51,12 @@ def _convert(args: argparse.Namespace) -> int:
 BENCH_MODULES = {"smga": ".smga.bench", "video": ".video.bench", "length": ".video.length_bench"}
 
 
-def _bench(args: argparse.Namespace) -> int:
-    module = importlib.import_module(BENCH_MODULES[args.target], __package__)
-    return int(module.main(args.rest) or 0)
+def _run_module(module_name: str, args: argparse.Namespace) -> int:
+    return int(importlib.import_module(module_name, __package__).main(args.rest) or 0)
 
 
 def _delegate(module_name: str):
-    def run(args: argparse.Namespace) -> int:
-        module = importlib.import_module(f".{module_name}", __package__)
-        return int(module.main(args.rest) or 0)
-
-    return run
+    return lambda args: _run_module(f".{module_name}", args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="benchmarks: 'smga' (Stage I), 'video' (Stage II) or 'length' (the audio→video node "
                                 "chain on 10 s to 10 min of speech); --help after the target lists their options")
     bench.add_argument("target", choices=sorted(BENCH_MODULES))
-    bench.set_defaults(func=_bench)
+    bench.set_defaults(func=lambda args: _run_module(BENCH_MODULES[args.target], args))
     for name, help_text in (("generate", "image + audio (or pose) → mp4 with sound, headless"),
                             ("doctor", "list the model files each mode needs and smoke-test the install")):
         command = sub.add_parser(name, help=help_text, add_help=False)
@@ -99,12 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_raises():
             return args.func(args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
         print(cancelled, file=sys.stderr)
-        return EXIT_SIGINT
-    except Terminated:
-        print(cancelled, file=sys.stderr)
-        return EXIT_SIGTERM
+        return EXIT_SIGINT if isinstance(stop, KeyboardInterrupt) else EXIT_SIGTERM
     except Exception as exc:  # print errors for people, not tracebacks
         from .errors import MMGTError
 

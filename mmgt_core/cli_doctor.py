@@ -11,12 +11,6 @@ from .dependencies import check_dependencies
 from .models_table import MODEL_FILES, MODES
 
 
-def _package_report() -> list[str]:
-    """One line per required package, then the optional ones with what each enables."""
-    required, optional = check_dependencies()
-    return [status.line for status in required] + ["  optional:"] + [status.line for status in optional]
-
-
 def _model_report(roots: list[Path]) -> tuple[list[str], dict[str, bool]]:
     lines = []
     ready = {mode: True for mode in MODES}
@@ -34,7 +28,9 @@ def _model_report(roots: list[Path]) -> tuple[list[str], dict[str, bool]]:
 def install_report(models: Path) -> str:
     """Packages, every model file each mode needs (found or missing, where it goes), and which modes are ready:
     the table both ``doctor`` and the MMGT Doctor node show."""
-    lines = ["ComfyUI-MMGT doctor", "", "Packages:", *_package_report()]
+    required, optional = check_dependencies()  # one line per package; the optional ones say what each enables
+    lines = ["ComfyUI-MMGT doctor", "", "Packages:", *(status.line for status in required), "  optional:",
+             *(status.line for status in optional)]
     if models.is_dir():
         model_lines, ready = _model_report([models])
         lines += ["", f"Model files (folder: {models.resolve()}):", *model_lines]

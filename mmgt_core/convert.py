@@ -23,17 +23,12 @@ from .weights import (
 
 
 def infer_smga_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """SMGA hyper-parameters read off the weight shapes (heads cannot be read off; the official value is 8)."""
-    layers = {int(m.group(1)) for key in state if (m := re.match(r"seqTransDecoder\.stack\.(\d+)\.", key))}
-    return {
-        "nfeats": int(state["final_layer.weight"].shape[0]),
-        "seq_len": int(state["null_cond_embed"].shape[1]),
-        "latent_dim": int(state["input_projection.weight"].shape[0]),
-        "ff_size": int(state["seqTransDecoder.stack.0.linear1.weight"].shape[0]),
-        "num_layers": len(layers),
-        "num_heads": 8,
-        "cond_feature_dim": int(state["cond_projection.weight"].shape[1]),
-    }
+    """SMGA hyper-parameters read off the weight shapes, as the loader reads them (heads: the official 8)."""
+    from .smga.model import SMGAConfig
+
+    config = SMGAConfig.from_state_dict(state).to_dict()
+    del config["dropout"]  # a training setting, not a shape
+    return config
 
 
 def infer_video_net_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -189,15 +189,12 @@ def check_dependency(dependency: Dependency, required: bool,
     version = _installed_version(_distribution_of(dependency.module, dependency.pip)) or ""
     try:
         module = (importer or importlib.import_module)(dependency.module)
-    except ImportError as error:
-        missing = isinstance(error, ModuleNotFoundError) and error.name == dependency.module
-        if missing:
+    except Exception as error:  # also AttributeError/RuntimeError from a binary built for another numpy, etc.
+        if isinstance(error, ModuleNotFoundError) and error.name == dependency.module:
             fix = f"pip install \"{dependency.requirement}\""
             detail = (f"not installed; needed for {dependency.enables}. Fix: {fix}" if required else
                       f"optional, not installed; it enables {dependency.enables}. To use that: {fix}")
             return PackageStatus(dependency, required, "missing", "", detail)
-        return PackageStatus(dependency, required, "broken", version, _broken_detail(dependency, error))
-    except Exception as error:  # AttributeError/RuntimeError from a binary built for another numpy, etc.
         return PackageStatus(dependency, required, "broken", version, _broken_detail(dependency, error))
     version = version or str(getattr(module, "__version__", ""))
     if version and not version_in_range(version, dependency.spec):

@@ -168,22 +168,18 @@ def _download_model(model: ModelFile, models_dir: Path, endpoint: Optional[str],
                                 "deleted. Run the download again; if it repeats, fetch it by hand from "
                                 f"{model.source}.")
         parts.append((remote, part))
+    folder = model.downloads[0].local_path.split("/")[0]
+    base = staging / ".ready" if model.is_folder else models_dir  # a folder model is assembled, then moved whole
     if model.is_folder:
-        folder = model.downloads[0].local_path.split("/")[0]
-        ready = staging / ".ready" / folder
-        shutil.rmtree(ready, ignore_errors=True)
-        for remote, part in parts:
-            target = staging / ".ready" / remote.local_path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(part, target)
+        shutil.rmtree(base / folder, ignore_errors=True)
+    for remote, part in parts:
+        target = base / remote.local_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, target)
+    if model.is_folder:
         if (models_dir / folder).exists():
             raise DownloadError(f"'{models_dir / folder}' appeared during the download; remove it or keep it.")
-        os.replace(ready, models_dir / folder)
-    else:
-        for remote, part in parts:
-            target = models_dir / remote.local_path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(part, target)
+        os.replace(base / folder, models_dir / folder)
 
 
 def download_missing(models_dir: str | os.PathLike[str], mode: str = "all", endpoint: Optional[str] = None,

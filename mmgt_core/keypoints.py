@@ -18,7 +18,7 @@ range [−200, 800] px still covers for aspect ratios up to about 2:1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,33 +138,26 @@ def mask_leg_pixels(keypoints: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _cover_transform(width: int, height: int) -> tuple[float, float, float]:
-    """Scale and offsets that map a canvas onto the official 512 space (short side → 512, centred)."""
-    scale = OFFICIAL_CANVAS / min(width, height)
-    offset_x = (OFFICIAL_CANVAS - width * scale) / 2
-    offset_y = (OFFICIAL_CANVAS - height * scale) / 2
-    return scale, offset_x, offset_y
-
-
 def to_official_pixels(keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Canvas pixels → official 512-space pixels (identity for 512×512)."""
-    if width == OFFICIAL_CANVAS and height == OFFICIAL_CANVAS:
-        return keypoints.clone()
-    scale, offset_x, offset_y = _cover_transform(width, height)
-    out = keypoints.clone()
-    out[..., 0] = keypoints[..., 0] * scale + offset_x
-    out[..., 1] = keypoints[..., 1] * scale + offset_y
-    return out
+    return _cover_map(keypoints, width, height, lambda value, scale, offset: value * scale + offset)
 
 
 def from_official_pixels(keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Official 512-space pixels → canvas pixels (inverse of :func:`to_official_pixels`)."""
-    if width == OFFICIAL_CANVAS and height == OFFICIAL_CANVAS:
-        return keypoints.clone()
-    scale, offset_x, offset_y = _cover_transform(width, height)
+    return _cover_map(keypoints, width, height, lambda value, scale, offset: (value - offset) / scale)
+
+
+def _cover_map(keypoints: torch.Tensor, width: int, height: int,
+               move: Callable[[torch.Tensor, float, float], torch.Tensor]) -> torch.Tensor:
+    """A copy with ``move(coordinate, scale, offset)`` applied to x and y, for the cover rule that maps the canvas
+    onto the official 512 space (short side → 512, centred); a plain copy for a 512×512 canvas."""
     out = keypoints.clone()
-    out[..., 0] = (keypoints[..., 0] - offset_x) / scale
-    out[..., 1] = (keypoints[..., 1] - offset_y) / scale
+    if width == OFFICIAL_CANVAS and height == OFFICIAL_CANVAS:
+        return out
+    scale = OFFICIAL_CANVAS / min(width, height)
+    for axis, size in ((0, width), (1, height)):
+        out[..., axis] = move(keypoints[..., axis], scale, (OFFICIAL_CANVAS - size * scale) / 2)
     return out
 
 
@@ -247,11 +240,8 @@ def _person_to_points(person: dict[str, Any], flavour: str) -> torch.Tensor:
 
 def _looks_normalized(frames: list[torch.Tensor]) -> bool:
     """True when every visible coordinate lies in [0, 1] (normalised OpenPose JSON)."""
-    coords = [f[f[:, 2] > 0][:, :2] for f in frames]
-    coords = [c for c in coords if c.numel()]
-    if not coords:
-        return True
-    return bool(torch.cat(coords).abs().max() <= 1.0 + 1e-6)
+    coords = torch.cat([f[f[:, 2] > 0][:, :2] for f in frames])
+    return coords.numel() == 0 or bool(coords.abs().max() <= 1.0 + 1e-6)
 
 
 def from_pose_keypoint(
@@ -328,26 +318,6 @@ def _eye_centres(face: torch.Tensor) -> torch.Tensor:
     return pupils
 
 
-def _openpose_person(points: torch.Tensor, scale: torch.Tensor) -> dict[str, list[float]]:
-    points = points.clone()
-    points[points[:, 2] < KEYPOINT_SCORE_THRESHOLD] = 0
-    face = points[FACE.start : FACE.stop]
-    person = {_FACE_KEY: _flat(torch.cat([face, _eye_centres(face)]) / scale)}
-    for part, index_range in _PART_RANGES_BY_FLAVOUR["openpose"].items():
-        if part != _FACE_KEY:
-            person[part] = _flat(points[index_range.start : index_range.stop] / scale)
-    return person
-
-
-def _sdpose_person(points: torch.Tensor) -> dict[str, list[float]]:
-    face = torch.cat([points[FACE.start : FACE.stop], points[[14, 15]]])  # core appends the body's eyes
-    person = {_FACE_KEY: _flat(face)}
-    for part, index_range in _PART_RANGES_BY_FLAVOUR["sdpose"].items():
-        if part != _FACE_KEY:
-            person[part] = _flat(points[index_range.start : index_range.stop])
-    return person
-
-
 def to_pose_keypoint(sequence: PoseSequence, normalized: bool = False, flavour: str = "openpose"
                      ) -> list[dict[str, Any]]:
     """Convert a :class:`PoseSequence` into ComfyUI ``POSE_KEYPOINT`` frames (one person per frame).
@@ -365,6 +335,16 @@ def to_pose_keypoint(sequence: PoseSequence, normalized: bool = False, flavour: 
     frames: list[dict[str, Any]] = []
     scale = torch.tensor([sequence.width, sequence.height, 1.0]) if normalized else torch.ones(3)
     for points in sequence.keypoints.float():
-        person = _sdpose_person(points) if flavour == "sdpose" else _openpose_person(points, scale)
+        if flavour == "openpose":
+            points = points.clone()
+            points[points[:, 2] < KEYPOINT_SCORE_THRESHOLD] = 0
+            face = points[FACE.start : FACE.stop]
+            face = torch.cat([face, _eye_centres(face)])
+        else:
+            face = torch.cat([points[FACE.start : FACE.stop], points[[14, 15]]])  # core appends the body's eyes
+        person = {_FACE_KEY: _flat(face / scale)}
+        for part, index_range in _PART_RANGES_BY_FLAVOUR[flavour].items():
+            if part != _FACE_KEY:
+                person[part] = _flat(points[index_range.start : index_range.stop] / scale)
         frames.append({"people": [person], "canvas_width": sequence.width, "canvas_height": sequence.height})
     return frames

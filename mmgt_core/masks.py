@@ -89,29 +89,13 @@ def region_boxes(keypoints: torch.Tensor, indices: range) -> torch.Tensor:
     return torch.stack([x0, y0, x1, y1], dim=1)
 
 
-def boxes_to_masks(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Fill ``(T, 4)`` boxes into ``(T, H, W)`` float masks (empty boxes give empty masks)."""
-    x0, y0, x1, y1 = (boxes[:, i].view(-1, 1) for i in range(4))
-    valid = (x0 < x1) & (y0 < y1)
-    cols = torch.arange(width).view(1, width)
-    rows = torch.arange(height).view(1, height)
-    inside_cols = (cols >= x0) & (cols < x1) & valid
-    inside_rows = (rows >= y0) & (rows < y1)
-    # a box is the outer product of its row and column spans: no (T, H, W) comparisons needed
-    return inside_rows.float()[:, :, None] * inside_cols.float()[:, None, :]
-
-
 def motion_masks(sequence: PoseSequence) -> MotionMasks:
     """Algorithm 1 on every frame of ``sequence`` at its canvas size."""
-    kp, w, h = sequence.keypoints, sequence.width, sequence.height
-    hands = torch.maximum(
-        boxes_to_masks(region_boxes(kp, LEFT_HAND), w, h), boxes_to_masks(region_boxes(kp, RIGHT_HAND), w, h)
-    )
-    return MotionMasks(
-        face=boxes_to_masks(region_boxes(kp, FACE), w, h),
-        lips=boxes_to_masks(region_boxes(kp, LIPS), w, h),
-        hands=hands,
-    )
+    def canvas(region: range) -> torch.Tensor:
+        return _box_canvas(region_boxes(sequence.keypoints, region), sequence.width, sequence.height)
+
+    return MotionMasks(face=canvas(FACE).float(), lips=canvas(LIPS).float(),
+                       hands=(canvas(LEFT_HAND) | canvas(RIGHT_HAND)).float())
 
 
 def official_face_hands_uint8(masks: MotionMasks) -> torch.Tensor:

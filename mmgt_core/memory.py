@@ -83,10 +83,8 @@ def decode_chunk_that_fits(free_bytes: Optional[int], width: int, height: int, d
                            requested: int) -> int:
     """The largest chunk <= ``requested`` whose decode estimate fits ``free_bytes`` (at least 1; ``requested``
     when the free memory is unknown, e.g. on a CPU)."""
-    if free_bytes is None:
-        return max(1, requested)
     chunk = max(1, requested)
-    while chunk > 1 and vae_decode_bytes(width, height, chunk, dtype) > free_bytes:
+    while free_bytes is not None and chunk > 1 and vae_decode_bytes(width, height, chunk, dtype) > free_bytes:
         chunk -= 1
     return chunk
 
@@ -144,8 +142,8 @@ def _measure_stage2(width: int, height: int, frame_counts: Sequence[int], dtype:
 
 
 def _measure_vae(width: int, height: int, chunks: Sequence[int], dtype: torch.dtype) -> list[dict]:
+    from mmgt_core.bench_harness import PeakRSS
     from mmgt_core.tiny_models import random_vae
-    from mmgt_core.video.bench import PeakRSS
     from mmgt_core.video.vae_codec import decode_latents
 
     vae = random_vae(False, dtype)
@@ -162,9 +160,9 @@ def _measure_vae(width: int, height: int, chunks: Sequence[int], dtype: torch.dt
 
 
 def _measure_smga(batches: Sequence[int], dtype: torch.dtype) -> list[dict]:
+    from mmgt_core.bench_harness import PeakRSS
     from mmgt_core.smga.bench import _inputs, build_bench_model
     from mmgt_core.smga.generate import generate_pose_sequence
-    from mmgt_core.video.bench import PeakRSS
 
     model = build_bench_model("cpu", dtype)
     rows = []
@@ -183,8 +181,8 @@ def _measure_smga(batches: Sequence[int], dtype: torch.dtype) -> list[dict]:
 
 def _measure_wav2vec2(seconds: float) -> list[dict]:
     from mmgt_core.audio.wav2vec import wav2vec2_features
+    from mmgt_core.bench_harness import PeakRSS
     from mmgt_core.tiny_models import random_wav2vec
-    from mmgt_core.video.bench import PeakRSS
 
     model = random_wav2vec(False)
     wave = torch.sin(torch.arange(int(seconds * ENCODER_SAMPLE_RATE)) * 0.05) * 0.3

@@ -49,9 +49,8 @@ class ModelFile:
     def find(self, roots: list[Path]) -> Path | None:
         """The first existing location of this file (or an alternative) under ``roots``."""
         for root in roots:
-            for name in (self.path, *self.alternatives):
-                candidate = root / name.rstrip("/")
-                if candidate.exists():
+            for name in self.names:
+                if (candidate := root / name).exists():
                     return candidate
         return None
 

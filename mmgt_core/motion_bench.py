@@ -56,13 +56,11 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as folder:
-        smga_path, wavlm_path = args.smga, args.wavlm
-        if smga_path is None:
-            smga_path = str(Path(folder) / "smga.safetensors")
-            write_tiny_smga(Path(smga_path))
-        if wavlm_path is None:
-            wavlm_path = str(Path(folder) / "wavlm")
-            write_tiny_wavlm(Path(wavlm_path))
+        smga_path, wavlm_path = args.smga or Path(folder) / "smga.safetensors", args.wavlm or Path(folder) / "wavlm"
+        if args.smga is None:
+            write_tiny_smga(smga_path)
+        if args.wavlm is None:
+            write_tiny_wavlm(wavlm_path)
         if args.wav:
             import librosa
 
@@ -71,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             wave, _ = speech_with_pauses()
         features = stage1_features(wave, ENCODER_SAMPLE_RATE, load_wavlm(wavlm_path))
-        smga = load_smga(smga_path)
+        smga = load_smga(str(smga_path))
         sequence = pose_from_features(smga, features, synthetic_reference_pose(512, 512), seed=0, steps=args.steps)
     gate = SilenceGate(args.threshold_db, args.hang)
     gated, weights = gate_lips(sequence, wave, ENCODER_SAMPLE_RATE, gate)

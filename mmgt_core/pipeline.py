@@ -127,15 +127,10 @@ class VideoPipeline:
         decoding = output == "frames"
         grand_total = sampling_units + (cond.frames if decoding else 0)
 
-        def sampling_progress(done: int, _total: int) -> None:
-            if progress is not None:
-                progress(done, grand_total)
+        def shifted(offset: int) -> OptionalProgress:  # a stage's own count, reported on the whole run's scale
+            return None if progress is None else lambda done, _total: progress(offset + done, grand_total)
 
-        def decode_progress(done: int, _total: int) -> None:
-            if progress is not None:
-                progress(sampling_units + done, grand_total)
-
-        latents = self.sample(cond, settings, generator, sampling_progress, check_cancel)
+        latents = self.sample(cond, settings, generator, shifted(0), check_cancel)
         if not decoding:
             return VideoResult(latents)
-        return VideoResult(latents, self.decode(latents, settings, decode_progress, check_cancel))
+        return VideoResult(latents, self.decode(latents, settings, shifted(sampling_units), check_cancel))

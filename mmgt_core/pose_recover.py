@@ -54,15 +54,10 @@ def _palette() -> _Palette:
     # Hand-joint blue first: knee 12 has the same colour, and a tie goes to the first entry (knees are not drawn).
     names: list[str] = ["hand_joint", "face"]
     colours: list[tuple[int, int, int]] = [HAND_JOINT_COLOR, FACE_COLOR]
-    for index, colour in enumerate(BODY_COLORS):
-        names.append(f"joint{index}")
-        colours.append(colour)
-    for index, colour in enumerate(_LIMB_COLOURS):
-        names.append(f"limb{index}")
-        colours.append(colour)
-    for index, colour in enumerate(HAND_EDGE_COLORS):
-        names.append(f"edge{index}")
-        colours.append(colour)
+    for prefix, group in (("joint", BODY_COLORS), ("limb", _LIMB_COLOURS), ("edge", HAND_EDGE_COLORS)):
+        for index, colour in enumerate(group):
+            names.append(f"{prefix}{index}")
+            colours.append(colour)
     return _Palette(np.array(colours, np.float32), names)
 
 

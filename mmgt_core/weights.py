@@ -66,9 +66,7 @@ def readable_load_error(error: BaseException) -> str:
     while cause is not None and not isinstance(cause, pickle.UnpicklingError) and id(cause) not in seen:
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
-    if cause is not None and not isinstance(cause, pickle.UnpicklingError):
-        cause = None
-    if cause is not None:
+    if isinstance(cause, pickle.UnpicklingError):
         return ("a pickled weight file in it holds code or objects that are not plain weights, and this pack never "
                 "unpickles code. Use the model's .safetensors weights, or re-download the folder from its source.")
     return str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -213,12 +211,10 @@ def strict_load(
     )
     if missing or unexpected or mis_shaped:
         parts = [f"'{source}' does not match the {COMPONENT_DESCRIPTIONS.get(component, component)}:"]
-        if missing:
-            parts.append(f"{len(missing)} missing keys [{_describe_keys(missing)}]")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys [{_describe_keys(unexpected)}]")
-        if mis_shaped:
-            parts.append(f"{len(mis_shaped)} keys with other shapes [{_describe_keys(mis_shaped)}]")
+        for keys, what in ((missing, "missing keys"), (unexpected, "unexpected keys"),
+                           (mis_shaped, "keys with other shapes")):
+            if keys:
+                parts.append(f"{len(keys)} {what} [{_describe_keys(keys)}]")
         parts.append("Check that the file is the right component and the model config matches it.")
         raise WeightsError(" ".join(parts))
     usable = {key: value for key, value in state_dict.items() if key in own}

@@ -120,7 +120,8 @@ def _choose_backend(backend: str, dwpose_paths: object) -> tuple[str, str]:
         return "dwpose", ""
     if backend == "mediapipe":
         if not mediapipe_available():
-            raise WeightsError(_mediapipe_missing_message())
+            raise WeightsError(f"the MediaPipe back end needs the optional package mediapipe=={MEDIAPIPE_VERSION} "
+                               f"(pip install mediapipe=={MEDIAPIPE_VERSION}); it ships its own models.")
         return "mediapipe", ""
     if files is not None and not files.missing():
         return "dwpose", ""
@@ -128,11 +129,6 @@ def _choose_backend(backend: str, dwpose_paths: object) -> tuple[str, str]:
         why = "DWPose files not given" if files is None else "DWPose files not found"
         return "mediapipe", f"{why}, so the approximate MediaPipe fallback was used."
     raise WeightsError(_neither_backend_message(files))
-
-
-def _mediapipe_missing_message() -> str:
-    return (f"the MediaPipe back end needs the optional package mediapipe=={MEDIAPIPE_VERSION} "
-            f"(pip install mediapipe=={MEDIAPIPE_VERSION}); it ships its own models.")
 
 
 def _neither_backend_message(files: DWPoseFiles | None) -> str:

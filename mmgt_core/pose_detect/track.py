@@ -92,17 +92,8 @@ class PersonTracker:
 
 def gap_ranges(missing: np.ndarray) -> list[tuple[int, int]]:
     """Inclusive (first, last) frame ranges where ``missing`` (T,) bool is True."""
-    ranges: list[tuple[int, int]] = []
-    start = None
-    for index, gone in enumerate(np.asarray(missing, dtype=bool)):
-        if gone and start is None:
-            start = index
-        elif not gone and start is not None:
-            ranges.append((start, index - 1))
-            start = None
-    if start is not None:
-        ranges.append((start, len(missing) - 1))
-    return ranges
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], np.asarray(missing, dtype=bool), [0])).astype(np.int8)))
+    return [(int(first), int(end) - 1) for first, end in zip(edges[::2], edges[1::2])]
 
 
 def fill_gaps(keypoints: np.ndarray, missing: np.ndarray, max_gap: int, input_name: str = "image",

@@ -7,17 +7,15 @@ only grows, so it is the peak of the whole process so far) and ``torch.cuda.max_
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
 
+from ..bench_harness import bench_parser, timed, write_results
 from ..constants import VIDEO_FPS
 from ..tiny_models import random_smga
 from .diffusion import cosine_schedule, ddim_timesteps, ddim_update
@@ -45,21 +43,10 @@ def _inputs(config: SMGAConfig, frames: int, seed: int) -> tuple[torch.Generator
     return generator, features, reference
 
 
-def _timed(model: GestureDecoder, work: Callable[[], object]) -> float:
-    device = model.input_projection.weight.device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 def _time_generation(model: GestureDecoder, frames: int, steps: int, seed: int) -> float:
     generator, features, reference = _inputs(model.config, frames, seed)
-    return _timed(model, lambda: generate_pose_sequence(model, features, reference, generator, steps=steps,
-                                                        window=model.config.seq_len))
+    return timed(lambda: generate_pose_sequence(model, features, reference, generator, steps=steps,
+                                                window=model.config.seq_len), model.input_projection.weight.device)[0]
 
 
 @torch.inference_mode()
@@ -87,7 +74,8 @@ def _official_like_window(model: GestureDecoder, features: torch.Tensor, referen
 
 def _time_official_like(model: GestureDecoder, steps: int, seed: int) -> float:
     generator, features, reference = _inputs(model.config, model.config.seq_len, seed)
-    return _timed(model, lambda: _official_like_window(model, features, reference, generator, steps))
+    return timed(lambda: _official_like_window(model, features, reference, generator, steps),
+                 model.input_projection.weight.device)[0]
 
 
 def run_smga_bench(
@@ -166,22 +154,16 @@ def _describe(run: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = bench_parser(None, __doc__)
     parser.add_argument("--seconds", type=float, nargs="+", default=[3.2])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--baseline", action="store_true", help="also time an official-style window")
-    parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
     results = run_smga_bench(args.seconds, args.dtypes, args.device, args.steps, args.repeats, args.threads,
                              baseline=args.baseline)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
-    return 0
+    return write_results(results, args.json)
 
 
 if __name__ == "__main__":

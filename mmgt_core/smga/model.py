@@ -515,8 +515,6 @@ def draw_keep_mask(batch: int, drop_prob: float, device: torch.device | str,
 # Construction and loading
 
 
-
-
 def load_smga(path: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
               config: Optional[SMGAConfig] = None) -> GestureDecoder:
     """Load an SMGA checkpoint (official ``.pt`` with ``ema_state_dict``, or our safetensors) strictly.

@@ -23,18 +23,13 @@ runs the same code on a toy configuration to check the plumbing.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
-import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
+from mmgt_core.bench_harness import PeakRSS, bench_parser, median_time, timed, write_results
 from mmgt_core.constants import ENCODER_SAMPLE_RATE, LATENT_STRIDE, VIDEO_FPS
 from mmgt_core.pipeline import VideoInputs, VideoPipeline
 from mmgt_core.tiny_models import (
@@ -70,98 +65,31 @@ def random_sd15_unet(unet: UNetConfig, dtype: torch.dtype) -> nn.Module:
     return random_diffusers_model(UNet2DConditionModel, dtype, WEIGHT_SEED, **unet.diffusers_config())
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Measuring helpers
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-
-
-class PeakRSS:
-    """Context manager: the highest RSS seen (polled every 20 ms) above the RSS at entry."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval = interval
-        self.baseline = 0
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def __enter__(self) -> PeakRSS:
-        self.baseline = self.peak = _rss_bytes()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _rss_bytes())
-
-    @property
-    def increase_mib(self) -> float:
-        return (self.peak - self.baseline) / 2**20
-
-
-def _timed(function: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = function()
-    return time.perf_counter() - start, result
-
-
-def _median_time(function: Callable[[], Any], repeats: int) -> float:
-    return statistics.median(_timed(function)[0] for _ in range(repeats))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Synthetic inputs
-
-
-def _synthetic_inputs(frames: int, width: int, height: int, seed: int = 0) -> dict[str, Any]:
-    """A moving pose (keypoints), a reference image and a speech-like waveform of the same length."""
-    generator = torch.Generator().manual_seed(seed)
-    image = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8)
-    wave = torch.from_numpy(synthetic_speech(frames / VIDEO_FPS))
-    return {"pose": moving_pose(frames, width, height), "image": image, "wave": wave}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The benchmark
-
-
 def _generate(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, settings: VideoSettings,
               dtype: torch.dtype) -> dict[str, float]:
-    """One whole video through :class:`~mmgt_core.pipeline.VideoPipeline`, timed stage by stage.
+    """One whole video through :class:`~mmgt_core.pipeline.VideoPipeline`, timed stage by stage, from a moving
+    synthetic pose (keypoints), a random reference image and speech-like audio of the same length.
 
     ``unet_loop_s`` is the pipeline's sampling time less one separately timed ReferenceNet pass (``reference_s``);
     pose frames and masks are drawn inside the loop, window by window, so they count in the loop.
     """
     from mmgt_core.audio.wav2vec import wav2vec2_features
 
-    inputs = _synthetic_inputs(frames, settings.width, settings.height)
+    image = (torch.rand(settings.height, settings.width, 3, generator=torch.Generator().manual_seed(0)) * 255)
+    wave = torch.from_numpy(synthetic_speech(frames / VIDEO_FPS))
     pipeline = VideoPipeline(net, vae)
     split: dict[str, float] = {}
-    split["audio_s"], features = _timed(lambda: wav2vec2_features(wav2vec, inputs["wave"], ENCODER_SAMPLE_RATE)[0])
+    split["audio_s"], features = timed(lambda: wav2vec2_features(wav2vec, wave, ENCODER_SAMPLE_RATE)[0])
     embeds = torch.randn(1, net.config.unet.cross_attention_dim)
-    video_inputs = VideoInputs(inputs["image"], keypoints=inputs["pose"], audio_features=features,
-                               image_embeds=embeds)
-    split["conditioning_s"], cond = _timed(lambda: pipeline.conditioning(video_inputs, settings))
-    split["reference_s"], _ = _timed(lambda: reference_for_video(net, cond))
-    sample_s, latents = _timed(lambda: pipeline.sample(cond, settings, torch.Generator().manual_seed(0)))
+    video_inputs = VideoInputs(image.to(torch.uint8), keypoints=moving_pose(frames, settings.width, settings.height),
+                               audio_features=features, image_embeds=embeds)
+    split["conditioning_s"], cond = timed(lambda: pipeline.conditioning(video_inputs, settings))
+    split["reference_s"], _ = timed(lambda: reference_for_video(net, cond))
+    sample_s, latents = timed(lambda: pipeline.sample(cond, settings, torch.Generator().manual_seed(0)))
     split["unet_loop_s"] = max(sample_s - split["reference_s"], 0.0)
     split["windows_per_step"] = window_count(frames, settings.context_frames, settings.context_overlap,
                                              settings.context_schedule)
-    split["decode_s"], _ = _timed(lambda: pipeline.decode(latents, settings))
+    split["decode_s"], _ = timed(lambda: pipeline.decode(latents, settings))
     return split
 
 
@@ -200,8 +128,7 @@ def _sd15_forward_seconds(unet_config: UNetConfig, settings: VideoSettings, dtyp
         with torch.no_grad():
             baseline(sample, 500, encoder_hidden_states=context, return_dict=False)
 
-    run()  # warm-up
-    return _median_time(run, repeats)  # the baseline model is freed when this returns
+    return median_time(run, repeats)  # the baseline model is freed when this returns
 
 
 def run_video_bench(
@@ -227,17 +154,14 @@ def run_video_bench(
                                "threads": torch.get_num_threads(), "settings": vars(settings).copy()}
     log(f"[video bench] building the {'toy' if tiny else 'real-size'} network ...")
     build_dtype = torch.float32 if compare_fp32 and target != torch.float32 else target
-    build_s, net = _timed(lambda: random_video_net(config, build_dtype, WEIGHT_SEED))
+    build_s, net = timed(lambda: random_video_net(config, build_dtype, WEIGHT_SEED))
     results["build_s"] = build_s
     results["parameters"] = sum(p.numel() for p in net.parameters())
     if build_dtype != target:
-        fp32_window = _window_forward(net, settings, torch.float32)
-        fp32_window()  # warm-up
-        results["window_forward_fp32_s"] = _median_time(fp32_window, max(1, repeats - 1))
+        results["window_forward_fp32_s"] = median_time(_window_forward(net, settings, torch.float32),
+                                                       max(1, repeats - 1))
         net = net.to(target)
-    window = _window_forward(net, settings, target)
-    window()
-    results[f"window_forward_{dtype}_s"] = _median_time(window, repeats)
+    results[f"window_forward_{dtype}_s"] = median_time(_window_forward(net, settings, target), repeats)
     if "window_forward_fp32_s" in results:
         results["bf16_speedup"] = results["window_forward_fp32_s"] / results[f"window_forward_{dtype}_s"]
         log(f"[video bench] one window forward: fp32 {results['window_forward_fp32_s']:.2f}s, {dtype} "
@@ -276,24 +200,17 @@ def _length_run(net: VideoNet, vae: nn.Module, wav2vec: nn.Module, frames: int, 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmgt_core bench video", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser("python -m mmgt_core bench video", __doc__)
     parser.add_argument("--frames", type=int, nargs="+", default=[24, 96], help="video lengths to generate")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps per video (30 = released)")
     parser.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("W", "H"))
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--no-fp32", action="store_true", help="skip the fp32 window comparison (saves ~5 GB)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tiny", action="store_true", help="toy network: checks the benchmark code quickly")
-    parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
     results = run_video_bench(args.frames, args.steps, args.size[0], args.size[1], args.dtype, not args.no_fp32,
                               args.repeats, args.threads, args.tiny)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
-    return 0
+    return write_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ SD15_UP_BLOCK_TYPES = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", 
 
 RELEASED_BRANCH_WEIGHTS = (1.0, 1.0, 2.0)
 """MM-HAA branch weights (full, face, lip) the released inference applies (spec Q1: pose/face/lip_weight)."""
+# UNetConfig fields that diffusers' UNet2DConditionModel config names the same (and reads with the same defaults).
+_SAME_NAME_FIELDS = ("in_channels", "out_channels", "layers_per_block", "cross_attention_dim", "norm_num_groups",
+                     "norm_eps", "flip_sin_to_cos", "freq_shift", "downsample_padding")
 
 
 @dataclass(frozen=True)
@@ -47,19 +50,11 @@ class UNetConfig:
     def diffusers_config(self) -> dict[str, Any]:
         """Keyword arguments for ``diffusers.UNet2DConditionModel`` (the ReferenceNet)."""
         return {
+            **{name: getattr(self, name) for name in _SAME_NAME_FIELDS},
             "sample_size": self.sample_size,
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "flip_sin_to_cos": self.flip_sin_to_cos,
-            "freq_shift": self.freq_shift,
             "down_block_types": SD15_DOWN_BLOCK_TYPES[: len(self.block_out_channels)],
             "up_block_types": SD15_UP_BLOCK_TYPES[-len(self.block_out_channels):],
             "block_out_channels": tuple(self.block_out_channels),
-            "layers_per_block": self.layers_per_block,
-            "downsample_padding": self.downsample_padding,
-            "norm_num_groups": self.norm_num_groups,
-            "norm_eps": self.norm_eps,
-            "cross_attention_dim": self.cross_attention_dim,
             "attention_head_dim": self.attention_heads,
         }
 
@@ -171,20 +166,9 @@ def unet_config_from_diffusers(config: str | os.PathLike[str] | Mapping[str, Any
     _require(config.get("transformer_layers_per_block", 1) == 1, "transformer_layers_per_block must be 1")
     heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
     _require(isinstance(heads, int), "a single attention head count is required (SD1.5 style)")
-    return UNetConfig(
-        in_channels=config.get("in_channels", 4),
-        out_channels=config.get("out_channels", 4),
-        block_out_channels=blocks,
-        layers_per_block=config.get("layers_per_block", 2),
-        attention_heads=heads,
-        cross_attention_dim=config.get("cross_attention_dim", 768),
-        norm_num_groups=config.get("norm_num_groups", 32),
-        norm_eps=config.get("norm_eps", 1e-5),
-        flip_sin_to_cos=config.get("flip_sin_to_cos", True),
-        freq_shift=config.get("freq_shift", 0),
-        downsample_padding=config.get("downsample_padding", 1),
-        sample_size=config.get("sample_size") or 64,
-    )
+    defaults = UNetConfig()
+    return UNetConfig(block_out_channels=blocks, attention_heads=heads, sample_size=config.get("sample_size") or 64,
+                      **{name: config.get(name, getattr(defaults, name)) for name in _SAME_NAME_FIELDS})
 
 
 def _require(condition: bool, problem: str) -> None:
