@@ -123,8 +123,9 @@ def _return_freed_memory() -> None:
 
 
 def _measure_stage2(width: int, height: int, frame_counts: Sequence[int], dtype: torch.dtype) -> list[dict]:
+    from mmgt_core.bench_harness import PeakRSS
     from mmgt_core.tiny_models import random_video_net
-    from mmgt_core.video.bench import PeakRSS, _window_forward
+    from mmgt_core.video.bench import _window_forward
     from mmgt_core.video.config import VideoNetConfig
     from mmgt_core.video.sampler import SamplingSettings
 

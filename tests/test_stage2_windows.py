@@ -153,7 +153,7 @@ def test_released_defaults_are_read_by_the_node_and_the_cli(comfy_host) -> None:
 
 
 def test_huge_reference_image_is_never_drawn_at_its_own_size(tiny_net, tiny_vae) -> None:
-    from mmgt_core.video.bench import PeakRSS
+    from mmgt_core.bench_harness import PeakRSS
 
     side = 4096
     image = np.zeros((side, side, 3), dtype=np.uint8)
