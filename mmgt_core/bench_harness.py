@@ -25,6 +25,18 @@ def _rss_bytes() -> int:
         return int(psutil.Process().memory_info().rss)
 
 
+def return_freed_memory() -> None:
+    """Give freed heap memory back to the OS so the next peak-RSS baseline starts clean (glibc only)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakRSS:
     """Context manager: the highest RSS seen (polled every 20 ms) above the RSS at entry."""
 

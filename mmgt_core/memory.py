@@ -110,20 +110,8 @@ def available_memory_bytes() -> Optional[int]:
     return None
 
 
-def _return_freed_memory() -> None:
-    """Give freed heap memory back to the OS so the next peak-RSS baseline starts clean (glibc only)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _measure_stage2(width: int, height: int, frame_counts: Sequence[int], dtype: torch.dtype) -> list[dict]:
-    from mmgt_core.bench_harness import PeakRSS
+    from mmgt_core.bench_harness import PeakRSS, return_freed_memory
     from mmgt_core.tiny_models import random_video_net
     from mmgt_core.video.bench import _window_forward
     from mmgt_core.video.config import VideoNetConfig
@@ -133,7 +121,7 @@ def _measure_stage2(width: int, height: int, frame_counts: Sequence[int], dtype:
     rows = []
     for frames in frame_counts:
         settings = SamplingSettings(width=width, height=height, steps=1, context_frames=frames)
-        _return_freed_memory()
+        return_freed_memory()
         with PeakRSS() as peak:
             _window_forward(net, settings, dtype)()  # builds the reference bank too, as a run does
         rows.append({"what": "stage2_window", "size": f"{width}x{height}", "frames": frames, "cfg_batch": 2,
@@ -143,7 +131,7 @@ def _measure_stage2(width: int, height: int, frame_counts: Sequence[int], dtype:
 
 
 def _measure_vae(width: int, height: int, chunks: Sequence[int], dtype: torch.dtype) -> list[dict]:
-    from mmgt_core.bench_harness import PeakRSS
+    from mmgt_core.bench_harness import PeakRSS, return_freed_memory
     from mmgt_core.tiny_models import random_vae
     from mmgt_core.video.vae_codec import decode_latents
 
@@ -151,7 +139,7 @@ def _measure_vae(width: int, height: int, chunks: Sequence[int], dtype: torch.dt
     rows = []
     for chunk in chunks:
         latents = torch.randn(chunk, 4, height // LATENT_STRIDE, width // LATENT_STRIDE)
-        _return_freed_memory()
+        return_freed_memory()
         with PeakRSS() as peak:
             decode_latents(vae, latents, chunk_frames=chunk)
         rows.append({"what": "vae_decode", "size": f"{width}x{height}", "frames": chunk,
@@ -161,7 +149,7 @@ def _measure_vae(width: int, height: int, chunks: Sequence[int], dtype: torch.dt
 
 
 def _measure_smga(batches: Sequence[int], dtype: torch.dtype) -> list[dict]:
-    from mmgt_core.bench_harness import PeakRSS
+    from mmgt_core.bench_harness import PeakRSS, return_freed_memory
     from mmgt_core.smga.bench import _inputs, build_bench_model
     from mmgt_core.smga.generate import generate_pose_sequence
 
@@ -169,7 +157,7 @@ def _measure_smga(batches: Sequence[int], dtype: torch.dtype) -> list[dict]:
     rows = []
     for best_of in batches:
         generator, features, reference = _inputs(model.config, model.config.seq_len, 0)
-        _return_freed_memory()
+        return_freed_memory()
         with PeakRSS() as peak:
             generate_pose_sequence(model, features, reference, generator, steps=1, best_of=best_of,
                                    window=model.config.seq_len)
@@ -182,12 +170,12 @@ def _measure_smga(batches: Sequence[int], dtype: torch.dtype) -> list[dict]:
 
 def _measure_wav2vec2(seconds: float) -> list[dict]:
     from mmgt_core.audio.wav2vec import wav2vec2_features
-    from mmgt_core.bench_harness import PeakRSS
+    from mmgt_core.bench_harness import PeakRSS, return_freed_memory
     from mmgt_core.tiny_models import random_wav2vec
 
     model = random_wav2vec(False)
     wave = torch.sin(torch.arange(int(seconds * ENCODER_SAMPLE_RATE)) * 0.05) * 0.3
-    _return_freed_memory()
+    return_freed_memory()
     with PeakRSS() as peak:
         wav2vec2_features(model, wave, ENCODER_SAMPLE_RATE)
     return [{"what": "wav2vec2", "size": f"{seconds:.0f} s", "frames": round(seconds * VIDEO_FPS),

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import torch
 
-from mmgt_core.bench_harness import PeakRSS
+from mmgt_core.bench_harness import PeakRSS, return_freed_memory
 from mmgt_core.constants import ENCODER_SAMPLE_RATE, SIZE_MULTIPLE
 from mmgt_core.tiny_models import synthetic_reference_pose, synthetic_speech, write_tiny_model_set
 
@@ -136,6 +136,7 @@ def run_length_bench(seconds: Sequence[float] = DEFAULT_SECONDS, size: int = 128
         chain.run(speech_audio(1.0))  # warm-up: first-call allocations are not the length's cost
         for length in seconds:
             audio = speech_audio(length)
+            return_freed_memory()  # each length starts from the same clean heap, not from what a run before freed
             started = time.perf_counter()
             with PeakRSS() as memory:
                 frames = chain.run(audio)
