@@ -70,13 +70,14 @@ def scheduler_step(scheduler: Any, model_output: torch.Tensor, timestep: int | t
     video needs no full-length temporaries (at 512x512 each is 65 kB a frame). The multistep solvers keep their
     history of whole predictions and run on the whole video.
     """
-    if isinstance(scheduler, DDIMScheduler) and not scheduler.config.thresholding:
-        for start in range(0, latents.shape[2], DDIM_CHUNK_FRAMES):
-            frames = slice(start, start + DDIM_CHUNK_FRAMES)
-            model_output[:, :, frames] = ddim_step(scheduler, model_output[:, :, frames], timestep,
-                                                   latents[:, :, frames])
-        return model_output
-    return scheduler.step(model_output, timestep, latents, return_dict=False)[0]
+    if not isinstance(scheduler, DDIMScheduler):
+        return scheduler.step(model_output, timestep, latents, return_dict=False)[0]
+    if scheduler.config.thresholding:  # per-sample quantiles over the whole video: not elementwise
+        return ddim_step(scheduler, model_output, timestep, latents)
+    for start in range(0, latents.shape[2], DDIM_CHUNK_FRAMES):
+        frames = slice(start, start + DDIM_CHUNK_FRAMES)
+        model_output[:, :, frames] = ddim_step(scheduler, model_output[:, :, frames], timestep, latents[:, :, frames])
+    return model_output
 
 
 def inference_timesteps(scheduler: Any, steps: int) -> torch.Tensor:
