@@ -26,15 +26,13 @@ def _rss_bytes() -> int:
 
 
 def return_freed_memory() -> None:
-    """Give freed heap memory back to the OS so the next peak-RSS baseline starts clean (glibc only)."""
-    import ctypes
+    """Collect garbage and give freed heap memory back to the OS so the next peak-RSS baseline starts clean."""
     import gc
 
+    from mmgt_core.memory import release_freed_heap
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_freed_heap()
 
 
 class PeakRSS:

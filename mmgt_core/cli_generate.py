@@ -17,6 +17,7 @@ from .errors import InputError, WeightsError
 from .keypoints import PoseSequence
 from .keypoints_io import load_keypoints_file
 from .media import Mp4Writer, check_output_path, read_audio, read_image, remove_stale_partials
+from .memory import release_freed_heap
 from .models_table import MODEL_FILES
 from .pipeline import VideoInputs, VideoPipeline, pose_from_features
 from .pose_align import align_to_reference
@@ -133,7 +134,9 @@ def run(args: argparse.Namespace) -> Path:
         pose = _external_pose(args, reference, None if audio is None else frame_count(audio.shape[-1], rate))
     else:
         pose = _stage1_pose(args, audio, rate, reference, models, device, dtype, timer)
+    release_freed_heap()  # each whole-clip stage's freed temporaries leave the RSS before the next one
     latents, vae = _stage2(args, models, device, dtype, image, pose, audio, rate, timer)
+    release_freed_heap()
     started = time.perf_counter()
     out, count = _write_video(args, latents, vae, audio, rate)
     timer.measure("decode + write", started)
@@ -175,6 +178,7 @@ def _stage2(args: argparse.Namespace, models: Path, device: torch.device, dtype:
     latents (1, 4, T, h, w) at 25 fps and the VAE that decodes them (the caller streams the decode into the mp4)."""
     started = time.perf_counter()
     features = None if audio is None else _stage2_audio_features(models, device, audio, rate)
+    release_freed_heap()
     pipeline = _video_pipeline(models, device, dtype)
     timer.measure("stage-II loading + audio features", started)
     started = time.perf_counter()

@@ -176,15 +176,16 @@ def _signals_held() -> Iterator[None]:
 
 
 def _audio_channels(audio: torch.Tensor) -> np.ndarray:
-    """(samples,), (channels, samples) or (1, channels, samples) → (1 or 2, samples) float32 contiguous."""
+    """(samples,), (channels, samples) or (1, channels, samples) → (1 or 2, samples) float32, a view of a float32
+    CPU input (no copy of a long clip; the writer clips each piece to [-1, 1] as it encodes it)."""
     wave = audio.detach().float().cpu().numpy()
     wave = wave.reshape(1, -1) if wave.ndim == 1 else wave.reshape(-1, wave.shape[-1])
-    return np.ascontiguousarray(np.clip(wave[:2], -1.0, 1.0))
+    return wave[:2]
 
 
 def _resampled(wave: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
     layout = "mono" if wave.shape[0] == 1 else "stereo"
-    frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout=layout)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave), format="fltp", layout=layout)
     frame.sample_rate = rate
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=new_rate)
     pieces = [f.to_ndarray() for f in resampler.resample(frame)] + [f.to_ndarray() for f in resampler.resample(None)]
@@ -281,10 +282,10 @@ class Mp4Writer:
         layout = "mono" if self._wave.shape[0] == 1 else "stereo"
         while self._audio_done < until:
             stop = min(until, self._audio_done + self.AUDIO_CHUNK)
-            piece = self._wave[:, self._audio_done:stop]
+            piece = np.clip(self._wave[:, self._audio_done:stop], -1.0, 1.0)
             if piece.shape[1] < stop - self._audio_done:
                 piece = np.pad(piece, ((0, 0), (0, stop - self._audio_done - piece.shape[1])))
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece), format="fltp", layout=layout)
+            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=layout)
             frame.sample_rate = self._rate
             frame.pts = self._audio_done  # explicit timestamps: priming goes before 0, into the edit list
             frame.time_base = Fraction(1, self._rate)

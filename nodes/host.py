@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mmgt_core.errors import MMGTError, WeightsError
+from mmgt_core.memory import release_freed_heap
 from mmgt_core.types import ProgressFn
 
 try:  # ComfyUI present
@@ -244,6 +245,8 @@ def compute_with(handles: Sequence[ModelHandle], *, stage: str, workload: str, l
     except OutOfMemory:
         soft_empty_cache()
         raise ComputeMemoryError(_memory_message(stage, workload, lower, "computing")) from None
+    finally:
+        release_freed_heap()  # the block's freed temporaries leave the RSS before the next node runs
 
 
 def free_memory_bytes(device: torch.device) -> Optional[int]:

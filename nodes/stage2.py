@@ -414,7 +414,8 @@ def core_latent(latents: torch.Tensor) -> dict[str, torch.Tensor]:
     batch (T, 4, h, w) and unscaled, the way core VAE Decode expects (SD1.5's latent format scales inside the
     model, never in the LATENT itself)."""
     frames = latents[0].transpose(0, 1) if latents.ndim == 5 else latents
-    return {"samples": (frames.detach().float().cpu() / VAE_SCALING).contiguous()}
+    samples = torch.empty(frames.shape, dtype=torch.float32)  # one copy in the new layout, scaled in place
+    return {"samples": samples.copy_(frames.detach()).div_(VAE_SCALING)}
 
 
 def _audio_for(latents: VideoLatents, frames: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import pytest
 import soundfile
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmgt_core.audio import wavlm as wavlm_module
 from mmgt_core.audio.edge_features import (
@@ -38,6 +39,7 @@ from mmgt_core.audio.wavlm import (
     wavlm_last_layer,
 )
 from mmgt_core.errors import WeightsError
+from mmgt_core.tiny_models import synthetic_speech
 from mmgt_core.weights import load_weights, read_config
 
 WAVLM_ATOL = 1e-4
@@ -193,6 +195,40 @@ def test_chunked_matches_unchunked(tiny_wavlm, speech):
     near = (wavlm_last_layer(tiny_wavlm, wave, chunk_seconds=1.0, context_seconds=2.0) - whole).abs()
     far = (wavlm_last_layer(tiny_wavlm, wave, chunk_seconds=1.0, context_seconds=0.5) - whole).abs()
     assert near.mean() < 0.05 and near.max() < 0.5 and near.mean() < far.mean()
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the size in bytes of the largest tensor any torch operation returns."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                self.largest = max(self.largest, tensor.numel() * tensor.element_size())
+        return out
+
+
+def test_attention_runs_in_row_blocks_with_transformers_result(tiny_wavlm):
+    """On a 30 s chunk (the longest one model call sees) the row-block attention gives transformers' own result
+    while no tensor reaches the size of one heads x T x T attention map, which the stock attention builds."""
+    from transformers import WavLMModel
+
+    ours = tiny_wavlm.model
+    stock = WavLMModel(ours.config).eval()
+    stock.load_state_dict(ours.state_dict())
+    wave = torch.from_numpy(synthetic_speech(30.0, 16000))[None]
+    outputs, largest = [], []
+    for model in (ours, stock):
+        with torch.inference_mode(), LargestTensor() as meter:
+            outputs.append(model(wave).last_hidden_state)
+        largest.append(meter.largest)
+    frames = outputs[0].shape[1]
+    attention_map_bytes = ours.config.num_attention_heads * frames * frames * 4
+    assert frames == 1499 and wavlm_module.ATTENTION_BLOCK_ELEMENTS // (4 * frames) < frames  # several blocks
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=0)
+    assert largest[1] >= attention_map_bytes > 2 * largest[0]
 
 
 # ------------------------------------------------------------------------------------------------- Stage I

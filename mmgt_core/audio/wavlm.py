@@ -21,7 +21,8 @@ concatenated before the 25 fps step. Chunk borders sit on the CNN's frame grid (
 CNN features equal the unchunked ones exactly (layer-norm extractor, as in WavLM-Large; a group-norm extractor,
 WavLM Base, normalises over time and so is only approximated); the transformer output differs slightly because
 attention cannot see beyond the context. Clips up to ``chunk_seconds`` (default 20 s) run in one piece, exactly
-as the official code.
+as the official code. Within a chunk, attention runs a block of query rows at a time
+(:func:`_attention_in_row_blocks`, the same result as transformers' own), so no ``heads x T x T`` tensor is built.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MethodType
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
@@ -68,6 +70,8 @@ NORMALIZE_CONFIG_KEY = "mmgt_normalize_waveform"
 
 DEFAULT_CHUNK_SECONDS = 20.0
 DEFAULT_CONTEXT_SECONDS = 5.0
+ATTENTION_BLOCK_ELEMENTS = 1 << 20
+"""Attention scores one block of query rows may hold (heads x rows x keys): 4 MiB in float32."""
 WAVLM_LARGE_HIDDEN_SIZE = 1024
 """Width of WavLM-Large's last layer, the released Stage-I encoder."""
 
@@ -250,12 +254,59 @@ def encoder_from_model(model: WavLMModel, normalize_waveform: bool = True, sourc
 
 
 def _prepared(model: WavLMModel) -> WavLMModel:
-    """Eval mode, plus the CPU bf16 positional-conv workaround (see :func:`_positional_conv_float32_on_cpu`)."""
+    """Eval mode, the CPU bf16 positional-conv workaround (:func:`_positional_conv_float32_on_cpu`) and attention
+    in blocks of query rows (:func:`_attention_in_row_blocks`) on every layer of this model instance."""
     conv = model.encoder.pos_conv_embed.conv
     if not getattr(conv, "_mmgt_float32_hook", False):
         conv.register_forward_hook(_positional_conv_float32_on_cpu)
         conv._mmgt_float32_hook = True
+    for layer in model.encoder.layers:
+        layer.attention.forward = MethodType(_attention_in_row_blocks, layer.attention)
     return model.eval()
+
+
+def _attention_in_row_blocks(self: Any, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                             position_bias: Optional[torch.Tensor] = None, **_kwargs: Any,
+                             ) -> tuple[torch.Tensor, None, torch.Tensor]:
+    """``WavLMAttention.forward`` with the same arithmetic, a block of query rows at a time.
+
+    transformers builds the gated relative-position bias and the attention weights as whole ``heads x T x T``
+    tensors (WavLM-Large on one 30 s chunk: 16 x 1500 x 1500, 144 MB each in float32, several alive at once).
+    Here the bias is one row per key-minus-query offset, ``(2T - 1, heads)``, passed from the first layer to the
+    others in place of the full bias, and each block of rows builds only its own bias, scores and softmax
+    (:data:`ATTENTION_BLOCK_ELEMENTS` scores). Per row the operations are those of
+    ``F.multi_head_attention_forward`` (``baddbmm`` with the gated bias, softmax, ``bmm``), so the output matches
+    to rounding (inference only: no padding mask, no dropout, no attention weights returned).
+    """
+    if attention_mask is not None:
+        raise ValueError("MMGT's WavLM attention runs one unpadded clip at a time and takes no attention mask")
+    batch, length, _ = hidden_states.shape
+    heads, head_dim = self.num_heads, self.head_dim
+    if position_bias is None:  # first layer: the bias depends only on the key - query offset
+        offsets = torch.arange(1 - length, length, device=hidden_states.device)
+        position_bias = self.rel_attn_embed(self._relative_positions_bucket(offsets))
+
+    def by_head(states: torch.Tensor) -> torch.Tensor:  # (batch, T, heads * head_dim) -> (batch * heads, T, head_dim)
+        return states.view(batch, length, heads, head_dim).transpose(1, 2).reshape(batch * heads, length, head_dim)
+
+    gate_input = hidden_states.view(batch, length, heads, head_dim).permute(0, 2, 1, 3)
+    projected = self.gru_rel_pos_linear(gate_input).view(batch, heads, length, 2, 4).sum(-1)
+    gate_a, gate_b = torch.sigmoid(projected).chunk(2, dim=-1)
+    gate = (gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0).reshape(batch * heads, length, 1)
+    query = by_head(self.q_proj(hidden_states)) * math.sqrt(1.0 / head_dim)
+    key_t = by_head(self.k_proj(hidden_states)).transpose(1, 2)
+    value = by_head(self.v_proj(hidden_states))
+    output = torch.empty_like(query)
+    rows = max(1, ATTENTION_BLOCK_ELEMENTS // (batch * heads * length))
+    key_positions = torch.arange(length, device=hidden_states.device)
+    for start in range(0, length, rows):
+        stop = min(start + rows, length)
+        offset_rows = key_positions[None, :] - key_positions[start:stop, None] + (length - 1)
+        bias = position_bias[offset_rows].permute(2, 0, 1).repeat(batch, 1, 1)  # (batch * heads, rows, T)
+        scores = torch.baddbmm(gate[:, start:stop] * bias, query[:, start:stop], key_t)
+        output[:, start:stop] = torch.bmm(scores.softmax(dim=-1), value)
+    output = output.view(batch, heads, length, head_dim).transpose(1, 2).reshape(batch, length, heads * head_dim)
+    return self.out_proj(output), None, position_bias
 
 
 def _positional_conv_float32_on_cpu(conv: torch.nn.Conv1d, inputs: tuple[torch.Tensor, ...],

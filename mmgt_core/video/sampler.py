@@ -8,7 +8,8 @@ The loop follows the official ``Pose2VideoPipeline`` (spec 3.2-3.4, 3.9-3.11):
 * each step, each context window runs one UNet batch ``[uncond; cond]``: uncond = zero CLIP embedding, no
   reference attention, zero audio tokens; pose features, masks and branch weights are the same in both halves;
 * classifier-free guidance ``u + s (c - u)`` per window, blended per frame with the window weights (the official
-  plain average in the closed-loop schedule), then one DDIM step (eta 0) on the whole video.
+  plain average in the closed-loop schedule), then one DDIM step (eta 0) on the whole video (applied to each
+  frame once its blend is complete, which is the same arithmetic).
 
 Memory: length costs time, not memory. Pose frames and MM-HAA masks are drawn per context window (from
 keypoints at the output size, or converted from a pose video window by window), pose-guider features and audio
@@ -18,11 +19,13 @@ windows are computed per window, and nothing of full resolution is kept for the 
 =============================  ===============================  =============================================
 tensor                         shape                            bytes at 512x512, T = 15 000
 =============================  ===============================  =============================================
-latents (float32, CPU)         (1, 4, T, 64, 64)                65 536 B/frame = 0.98 GB; one step also holds
-                                                                the guided accumulator of the same shape, into
-                                                                which DDIM writes the next latents 64 frames at
-                                                                a time (2 x 0.98 GB at peak; the multistep
-                                                                solvers keep about 2 more whole predictions)
+latents (float32, CPU)         (1, 4, T, 64, 64)                65 536 B/frame = 0.98 GB, updated in place:
+                                                                DDIM steps each frame as soon as the last
+                                                                window covering it has run, so only about one
+                                                                window of predictions is held. The multistep
+                                                                solvers (and ``on_step``) need the whole guided
+                                                                prediction per step, one more 0.98 GB, and
+                                                                keep about 2 more whole predictions.
 audio tokens (net dtype)       (T, 32, 768)                     49 152 B/frame in fp16/bf16 = 0.74 GB
                                                                 (98 304 B/frame = 1.47 GB in fp32)
 keypoints (float32)            (T, 134, 3)                      1 608 B/frame = 24 MB
@@ -34,10 +37,10 @@ to the caller.) A pose video given as images is the caller's memory too: it is o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -65,7 +68,13 @@ from mmgt_core.video.conditioning import (
 )
 from mmgt_core.video.context import ContextWindow, context_windows, window_count
 from mmgt_core.video.reference_bank import ReferenceKV
-from mmgt_core.video.scheduler import inference_timesteps, make_scheduler, scheduler_step
+from mmgt_core.video.scheduler import (
+    ddim_step,
+    inference_timesteps,
+    make_scheduler,
+    scheduler_step,
+    updates_frames_independently,
+)
 from mmgt_core.video.settings import VideoSettings, check_scheduler
 from mmgt_core.video.vae_codec import module_dtype_device
 
@@ -77,6 +86,8 @@ PoseFrameSource = ImagePoseFrames | KeypointPoseFrames
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """on_step(step_index, timestep, guided_prediction (1, 4, L, h, w)) - for tests and previews."""
+FramesUpdate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""update(prediction, latents) -> next latents, for some frames ((1, 4, n, h, w) each): an elementwise step."""
 
 
 SamplingSettings = VideoSettings
@@ -286,12 +297,49 @@ class VideoDenoiser:
         self.reference = reference or reference_for_video(net, cond, settings.round_reference_to_fp16)
         self._window = _WindowDenoiser(net, cond, settings, self.reference)
         self.frames = cond.frames
+        self._finished_after = _finished_after(self.windows)
 
     def predict(self, latents: torch.Tensor, timestep: torch.Tensor, check_cancel: Optional[CancelFn] = None,
                 window_done: Optional[Callable[[], None]] = None) -> torch.Tensor:
         """Guided prediction (1, 4, T, h, w) float32: CFG per window, per-frame weighted blend of the windows."""
         guided = torch.zeros_like(latents, dtype=torch.float32)
         weight_sum = torch.zeros(self.frames)
+        for _index, window, prediction in self._window_predictions(latents, timestep, check_cancel, window_done):
+            _accumulate(guided, weight_sum, window, prediction)
+        return guided.div_(weight_sum.view(1, 1, -1, 1, 1))
+
+    def step_in_place(self, latents: torch.Tensor, timestep: torch.Tensor, update: FramesUpdate,
+                      check_cancel: Optional[CancelFn] = None,
+                      window_done: Optional[Callable[[], None]] = None) -> None:
+        """:meth:`predict` followed by an elementwise scheduler update, without a whole-video prediction.
+
+        Once the last window covering a frame has run, that frame's blended prediction is final, and
+        ``update(prediction, latents)`` (on those frames) writes their next latents into ``latents``; later windows
+        never read them. Only the frames of windows still to run are held (about one window), not a second tensor
+        of the video's size. Same additions in the same order as :meth:`predict`, so the result is bit for bit the
+        same as predicting the whole video first.
+        """
+        pending: dict[int, torch.Tensor] = {}
+        pending_weight: dict[int, torch.Tensor] = {}
+        for index, window, prediction in self._window_predictions(latents, timestep, check_cancel, window_done):
+            weighted = prediction * window.weights.view(1, 1, -1, 1, 1)
+            for position, frame in enumerate(window.frames.tolist()):
+                if frame in pending:
+                    pending[frame] = pending[frame] + weighted[:, :, position]
+                    pending_weight[frame] = pending_weight[frame] + window.weights[position]
+                else:
+                    pending[frame], pending_weight[frame] = weighted[:, :, position], window.weights[position]
+            finished = self._finished_after[index]
+            if finished:
+                frames = torch.tensor(finished)
+                guided = torch.stack([pending.pop(frame) for frame in finished], dim=2)
+                guided.div_(torch.stack([pending_weight.pop(frame) for frame in finished]).view(1, 1, -1, 1, 1))
+                latents[:, :, frames] = update(guided, latents[:, :, frames])
+
+    def _window_predictions(self, latents: torch.Tensor, timestep: torch.Tensor, check_cancel: Optional[CancelFn],
+                            window_done: Optional[Callable[[], None]]
+                            ) -> Iterator[tuple[int, ContextWindow, torch.Tensor]]:
+        """(index, window, guided prediction) for every window in order."""
         # the next window's pose frames and masks are drawn on a helper thread while this window runs on the
         # model, so drawing per window (instead of holding them for the whole video) costs no wall time on a GPU
         with torch.no_grad(), ThreadPoolExecutor(max_workers=1) as drawer:
@@ -302,10 +350,26 @@ class VideoDenoiser:
                 prepared = upcoming.result()
                 if index + 1 < len(self.windows):
                     upcoming = drawer.submit(self._window.prepare, self.windows[index + 1])
-                _accumulate(guided, weight_sum, window, self._window(latents, timestep, window, prepared))
+                yield index, window, self._window(latents, timestep, window, prepared)
                 if window_done is not None:
                     window_done()
-        return guided.div_(weight_sum.view(1, 1, -1, 1, 1))
+
+
+def _ddim_update(scheduler: Any, timestep: torch.Tensor) -> FramesUpdate:
+    """The DDIM update at ``timestep`` as a :data:`FramesUpdate`."""
+    return lambda prediction, frames_latents: ddim_step(scheduler, prediction, timestep, frames_latents)
+
+
+def _finished_after(windows: list[ContextWindow]) -> list[list[int]]:
+    """For each window, the frames (ascending) that no later window covers: final once it has run."""
+    last_window = {}
+    for index, window in enumerate(windows):
+        for frame in window.frames.tolist():
+            last_window[frame] = index
+    finished: list[list[int]] = [[] for _ in windows]
+    for frame in sorted(last_window):
+        finished[last_window[frame]].append(frame)
+    return finished
 
 
 def sample_latents(
@@ -328,14 +392,22 @@ def sample_latents(
     check_conditioning(cond, settings)
     scheduler = make_scheduler(settings.scheduler)  # fresh per run: nothing carries over from a cancelled run
     timesteps = inference_timesteps(scheduler, settings.steps)
-    if latents is None:
+    if latents is None:  # drawn here, so scaled in place: one tensor of the video's size, not two
         latents = initial_latents(generator, cond.frames, settings.width, settings.height)
-    latents = latents.float().cpu() * scheduler.init_noise_sigma
+        latents.mul_(scheduler.init_noise_sigma)
+    else:  # the caller's tensor stays as it is
+        latents = latents.float().cpu() * scheduler.init_noise_sigma
     if check_cancel is not None:
         check_cancel()
     denoiser = VideoDenoiser(net, cond, settings)
     counter = _ProgressCounter(progress, len(timesteps) * len(denoiser.windows))
+    # DDIM updates each frame alone, so frames are stepped as their windows finish (no whole-video prediction);
+    # the multistep solvers, and a caller who wants every step's whole prediction, take the whole-video path
+    frame_by_frame = on_step is None and updates_frames_independently(scheduler)
     for step_index, timestep in enumerate(timesteps):
+        if frame_by_frame:
+            denoiser.step_in_place(latents, timestep, _ddim_update(scheduler, timestep), check_cancel, counter.tick)
+            continue
         guided = denoiser.predict(latents, timestep, check_cancel, counter.tick)
         if on_step is not None:
             on_step(step_index, int(timestep), guided)

@@ -72,12 +72,19 @@ def scheduler_step(scheduler: Any, model_output: torch.Tensor, timestep: int | t
     """
     if not isinstance(scheduler, DDIMScheduler):
         return scheduler.step(model_output, timestep, latents, return_dict=False)[0]
-    if scheduler.config.thresholding:  # per-sample quantiles over the whole video: not elementwise
+    if not updates_frames_independently(scheduler):
         return ddim_step(scheduler, model_output, timestep, latents)
     for start in range(0, latents.shape[2], DDIM_CHUNK_FRAMES):
         frames = slice(start, start + DDIM_CHUNK_FRAMES)
         model_output[:, :, frames] = ddim_step(scheduler, model_output[:, :, frames], timestep, latents[:, :, frames])
     return model_output
+
+
+def updates_frames_independently(scheduler: Any) -> bool:
+    """Whether one update of a frame needs only that frame's latents and prediction: DDIM (eta 0) without dynamic
+    thresholding (which takes quantiles over the whole video), not the multistep solvers (which keep a history of
+    whole predictions)."""
+    return isinstance(scheduler, DDIMScheduler) and not scheduler.config.thresholding
 
 
 def inference_timesteps(scheduler: Any, steps: int) -> torch.Tensor:
