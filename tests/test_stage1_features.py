@@ -225,8 +225,9 @@ def test_attention_runs_in_row_blocks_with_transformers_result(tiny_wavlm):
             outputs.append(model(wave).last_hidden_state)
         largest.append(meter.largest)
     frames = outputs[0].shape[1]
-    attention_map_bytes = ours.config.num_attention_heads * frames * frames * 4
-    assert frames == 1499 and wavlm_module.ATTENTION_BLOCK_ELEMENTS // (4 * frames) < frames  # several blocks
+    heads = ours.config.num_attention_heads
+    attention_map_bytes = heads * frames * frames * 4
+    assert frames == 1499 and wavlm_module.ATTENTION_BLOCK_ELEMENTS // (heads * frames) < frames  # several blocks
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=0)
     assert largest[1] >= attention_map_bytes > 2 * largest[0]
 
