@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDIMScheduler
-from torch.utils._python_dispatch import TorchDispatchMode
+from tensor_meter import ReturnedTensors
 
 from mmgt_core.errors import InputError
 from mmgt_core.video.sampler import SamplingSettings, sample_latents
@@ -83,21 +83,6 @@ def test_ddim_updates_a_long_video_in_chunks_bit_for_bit_in_the_prediction_buffe
     assert scheduler_step(scheduler, buffer, timestep, latents).data_ptr() == buffer.data_ptr()
 
 
-class VideoSizedTensors(TorchDispatchMode):
-    """Counts the distinct storages of tensors shaped like the whole video's latents that torch operations return."""
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.shape, self.storages = shape, set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(tensor, torch.Tensor) and tuple(tensor.shape) == self.shape:
-                self.storages.add(tensor.untyped_storage().data_ptr())
-        return out
-
-
 @pytest.mark.parametrize("schedule", ["open", "closed_loop"])
 def test_ddim_steps_each_frame_once_its_windows_ran_bit_for_bit_without_a_second_video_tensor(tiny_net, schedule):
     """DDIM updates frames as their last window finishes (no whole-video prediction buffer): the same latents as
@@ -109,8 +94,8 @@ def test_ddim_steps_each_frame_once_its_windows_ran_bit_for_bit_without_a_second
                                 context_schedule=schedule)
     results, counts = [], []
     for on_step in (None, lambda *_args: None):
-        with VideoSizedTensors((1, 4, frames, 8, 8)) as meter:
+        with ReturnedTensors() as meter:
             results.append(sample_latents(tiny_net, cond, settings, torch.Generator().manual_seed(3), on_step=on_step))
-        counts.append(len(meter.storages))
+        counts.append(meter.storages_shaped((1, 4, frames, 8, 8)))
     assert torch.equal(results[0], results[1])
     assert counts[0] == 1 and counts[1] >= 2, counts

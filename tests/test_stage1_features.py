@@ -15,7 +15,7 @@ import pytest
 import soundfile
 import torch
 from safetensors.torch import load_file
-from torch.utils._python_dispatch import TorchDispatchMode
+from tensor_meter import ReturnedTensors
 
 from mmgt_core.audio import wavlm as wavlm_module
 from mmgt_core.audio.edge_features import (
@@ -197,19 +197,6 @@ def test_chunked_matches_unchunked(tiny_wavlm, speech):
     assert near.mean() < 0.05 and near.max() < 0.5 and near.mean() < far.mean()
 
 
-class LargestTensor(TorchDispatchMode):
-    """Records the size in bytes of the largest tensor any torch operation returns."""
-
-    largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(tensor, torch.Tensor):
-                self.largest = max(self.largest, tensor.numel() * tensor.element_size())
-        return out
-
-
 def test_attention_runs_in_row_blocks_with_transformers_result(tiny_wavlm):
     """On a 30 s chunk (the longest one model call sees) the row-block attention gives transformers' own result
     while no tensor reaches the size of one heads x T x T attention map, which the stock attention builds."""
@@ -221,9 +208,9 @@ def test_attention_runs_in_row_blocks_with_transformers_result(tiny_wavlm):
     wave = torch.from_numpy(synthetic_speech(30.0, 16000))[None]
     outputs, largest = [], []
     for model in (ours, stock):
-        with torch.inference_mode(), LargestTensor() as meter:
+        with torch.inference_mode(), ReturnedTensors() as meter:
             outputs.append(model(wave).last_hidden_state)
-        largest.append(meter.largest)
+        largest.append(meter.largest_bytes)
     frames = outputs[0].shape[1]
     heads = ours.config.num_attention_heads
     attention_map_bytes = heads * frames * frames * 4
