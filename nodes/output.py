@@ -13,7 +13,7 @@ import torch
 from mmgt_core.errors import InputError
 from mmgt_core.media import Mp4Writer
 from mmgt_core.timeline import output_frame_count
-from mmgt_core.video.vae_codec import iter_decoded_chunks
+from mmgt_core.video.vae_codec import ALREADY_UNSCALED, iter_decoded_chunks
 
 from . import host
 from .common import SAMPLING_CATEGORY, node_errors
@@ -109,14 +109,14 @@ class SaveVideo:
         with node_errors(NODE_NAME):
             path, name, subfolder = next_output_file(filename_prefix, host.output_directory())
             wave, rate = latents.driving_audio()
-            count = output_frame_count(int(latents.latents.shape[2]), None if wave is None else wave.shape[-1],
+            count = output_frame_count(latents.frame_count, None if wave is None else wave.shape[-1],
                                        rate, latents.fps)
             wanted = _preview_indices(count)
             previews: list[torch.Tensor] = []
             progress = host.progress_reporter(count)
             with vae_for_decoding(latents, chunk_frames, mmgt_vae, vae, NODE_NAME) as (decoder, chunk), \
                     Mp4Writer(path, latents.fps, wave, rate) as writer:
-                for frames in iter_decoded_chunks(decoder, latents.latents, chunk,
+                for frames in iter_decoded_chunks(decoder, latents.samples, chunk, scaling_factor=ALREADY_UNSCALED,
                                                   check_cancel=host.check_cancel, stop=count):
                     first = writer.frames_written
                     previews += [frames[i - first] for i in wanted if first <= i < first + frames.shape[0]]

@@ -37,7 +37,7 @@ from mmgt_core.video.context import SCHEDULES
 from mmgt_core.video.net import load_video_net
 from mmgt_core.video.scheduler import SCHEDULERS
 from mmgt_core.video.settings import RELEASED, VideoSettings
-from mmgt_core.video.vae_codec import VAE_SCALING, decode_latents
+from mmgt_core.video.vae_codec import ALREADY_UNSCALED, decode_latents, vae_scaling_factor
 
 from . import host
 from .common import (
@@ -79,9 +79,17 @@ class Stage2Audio:
 
 @dataclass
 class VideoLatents:
-    latents: torch.Tensor  # (1, 4, T, H/8, W/8)
+    """Sample Video's result: the latents in the VAE's own space (unscaled, as core LATENT holds them), frames first,
+    with the fps and the driving clip. ``samples`` is the very tensor of Sample Video's core LATENT output, so the
+    video's latents are held once however both outputs are used."""
+
+    samples: torch.Tensor  # (T, 4, H/8, W/8); a frames-first view of the sampler's (1, 4, T, H/8, W/8) result
     fps: float
     audio: Optional[dict[str, Any]] = None  # the driving clip, muxed into the output video
+
+    @property
+    def frame_count(self) -> int:
+        return int(self.samples.shape[0])
 
     def driving_audio(self) -> tuple[Optional[torch.Tensor], int]:
         """The AUDIO dict's first clip as (channels, samples) and its rate; (None, SILENT_AUDIO_RATE) without."""
@@ -288,7 +296,8 @@ class SampleVideo:
             pipeline = VideoPipeline(video_net.module, _pick_vae(options.vae, options.mmgt_vae, SAMPLE_NODE))
             latents = _render_latents(pipeline, video_net, options, video_inputs, settings)
         audio = options.audio_features.audio if options.audio_features is not None else None
-        return VideoLatents(latents, float(VIDEO_FPS), audio), core_latent(latents)
+        video = VideoLatents(unscaled_frames_first(latents, vae_scaling_factor(pipeline.vae)), float(VIDEO_FPS), audio)
+        return video, {"samples": video.samples}
 
 
 def video_settings(cfg: float = RELEASED.guidance_scale, full_weight: float = RELEASED.branch_weights[0],
@@ -366,17 +375,18 @@ class DecodeVideo:
     def decode(self, latents: VideoLatents, chunk_frames: int, mmgt_vae: Optional[host.ModelHandle] = None,
                vae: Any = None) -> tuple[torch.Tensor, float, dict[str, Any]]:
         with node_errors("MMGT Decode Video"):
-            _check_decode_fits(latents.latents)
+            _check_decode_fits(latents.samples)
             with vae_for_decoding(latents, chunk_frames, mmgt_vae, vae, "MMGT Decode Video") as (decoder, chunk):
-                frames = decode_latents(decoder, latents.latents, chunk,
-                                        progress=host.progress_reporter(latents.latents.shape[2]),
+                frames = decode_latents(decoder, latents.samples, chunk, scaling_factor=ALREADY_UNSCALED,
+                                        progress=host.progress_reporter(latents.frame_count),
                                         check_cancel=host.check_cancel)
         return frames, latents.fps, _audio_for(latents, frames.shape[0])
 
 
-def _check_decode_fits(latents: torch.Tensor) -> None:
-    """Warn before a large whole-video IMAGE decode, and refuse one that cannot fit in the memory left."""
-    frames, height, width = latents.shape[2], latents.shape[3] * LATENT_STRIDE, latents.shape[4] * LATENT_STRIDE
+def _check_decode_fits(samples: torch.Tensor) -> None:
+    """Warn before a large whole-video IMAGE decode of ``samples`` (T, 4, h, w), and refuse one that cannot fit in
+    the memory left."""
+    frames, height, width = samples.shape[0], samples.shape[2] * LATENT_STRIDE, samples.shape[3] * LATENT_STRIDE
     needed = decoded_frames_bytes(frames, width, height)
     if needed < LARGE_DECODE_BYTES:
         return
@@ -400,7 +410,7 @@ def vae_for_decoding(latents: VideoLatents, chunk_frames: int, mmgt_vae: Optiona
     if mmgt_vae is None:
         yield decoder, chunk_frames
         return
-    height, width = (side * LATENT_STRIDE for side in latents.latents.shape[-2:])
+    height, width = (side * LATENT_STRIDE for side in latents.samples.shape[-2:])
     with host.compute_with([mmgt_vae], stage=node, workload=f"{chunk_frames} frames at {width}x{height}",
                            lower="chunk_frames",
                            memory_required=vae_decode_bytes(width, height, chunk_frames, mmgt_vae.dtype)):
@@ -409,13 +419,11 @@ def vae_for_decoding(latents: VideoLatents, chunk_frames: int, mmgt_vae: Optiona
                                               mmgt_vae.dtype, chunk_frames)
 
 
-def core_latent(latents: torch.Tensor) -> dict[str, torch.Tensor]:
-    """MMGT latents (1, 4, T, h, w), scaled by the SD VAE factor for the UNet, as core LATENT: frames as the
-    batch (T, 4, h, w) and unscaled, the way core VAE Decode expects (SD1.5's latent format scales inside the
-    model, never in the LATENT itself)."""
-    frames = latents[0].transpose(0, 1) if latents.ndim == 5 else latents
-    samples = torch.empty(frames.shape, dtype=torch.float32)  # one copy in the new layout, scaled in place
-    return {"samples": samples.copy_(frames.detach()).div_(VAE_SCALING)}
+def unscaled_frames_first(latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """The sampler's latents (1, 4, T, h, w), scaled by the VAE factor for the UNet, unscaled in place and viewed
+    frames first (T, 4, h, w): core LATENT's layout and scale (SD1.5's latent format scales inside the model, never
+    in the LATENT itself). No copy: both of Sample Video's outputs share this one storage."""
+    return latents.detach().div_(scaling_factor)[0].transpose(0, 1)
 
 
 def _audio_for(latents: VideoLatents, frames: int) -> dict[str, Any]:

@@ -196,25 +196,38 @@ def test_a_run_that_does_not_fit_or_is_cancelled_leaves_no_model_half_moved(mana
     monkeypatch.undo()  # the next run, with room and without a cancel, works
     managed_host["problems"].clear()
     latents = run(prompt, managed_host["classes"]).outputs["12"][0]  # Sample Video
-    assert latents.latents.shape[2] == 40 and latents.fps == 25.0
+    assert latents.frame_count == 40 and latents.fps == 25.0
 
 
-def test_sample_video_also_returns_core_latent_in_the_vae_scale(managed_host):
-    from mmgt_core.video.vae_codec import VAE_SCALING, decode_latents
+def test_sample_video_also_returns_core_latent_in_the_vae_scale_sharing_one_storage(managed_host, monkeypatch):
+    import nodes.stage2 as stage2
+    from mmgt_core.video.vae_codec import ALREADY_UNSCALED, VAE_SCALING, decode_latents
 
+    sampled: list[torch.Tensor] = []  # the sampler's scaled (1, 4, T, h, w) latents, a copy kept for the check
+    render = stage2._render_latents
+
+    def keeping_a_copy(*args: Any) -> torch.Tensor:
+        latents = render(*args)
+        sampled.append(latents.clone())
+        return latents
+
+    monkeypatch.setattr(stage2, "_render_latents", keeping_a_copy)
     prompt = tiny_twin("mmgt_pose_to_video")
     result = run(prompt, managed_host["classes"])
     sample_id = next(i for i, n in prompt.items() if n["class_type"] == "MMGT_SampleVideo")
     latents, core = result.outputs[sample_id]
     samples = core["samples"]
     assert samples.shape == (40, 4, 16, 16) and samples.dtype == torch.float32
-    torch.testing.assert_close(samples * VAE_SCALING, latents.latents[0].transpose(0, 1).float())
+    assert torch.equal(samples, sampled[0][0].transpose(0, 1) / VAE_SCALING)  # frames first, unscaled
+    assert samples is latents.samples  # one tensor (one storage) behind both outputs, not a copy
     vae_id = next(i for i, n in prompt.items() if n["class_type"] == "MMGT_LoadVAE")
     vae = result.outputs[vae_id][0].module.to(LOAD_DEVICE)
     with torch.no_grad():  # what core VAE Decode computes: decode(samples) without any scaling, then [0, 1]
         core_frames = (vae.decode(samples[:2].to(vae.dtype)).sample.float() / 2 + 0.5).clamp(0, 1)
-    ours = decode_latents(vae, latents.latents[:, :, :2])
+    ours = decode_latents(vae, latents.samples[:2], scaling_factor=ALREADY_UNSCALED)
     torch.testing.assert_close(core_frames.permute(0, 2, 3, 1), ours, atol=1e-5, rtol=0)
+    scaled = decode_latents(vae, sampled[0][:, :, :2])  # the sampler's scale through the VAE's own factor
+    torch.testing.assert_close(scaled, ours, atol=1e-5, rtol=0)
 
 
 def test_the_loaders_lost_only_trailing_widgets_so_old_files_still_map(managed_host):
@@ -243,7 +256,7 @@ def test_an_old_saved_workflow_with_the_removed_widgets_still_runs(managed_host)
             {"offload": "none"} if old_api[node_id]["class_type"] == "MMGT_LoadVideoNet" else {}))
     assert drop_undeclared_values(old_api, managed_host["classes"]) == from_ui
     latents = run(with_tiny_overrides(from_ui), managed_host["classes"]).outputs["12"][0]  # Sample Video
-    assert latents.latents.shape[2] == 40 and latents.fps == 25.0
+    assert latents.frame_count == 40 and latents.fps == 25.0
 
 
 def test_dtype_auto_follows_the_host_policy_and_an_explicit_choice_wins(managed_host):
@@ -266,7 +279,7 @@ def test_decode_video_shrinks_its_chunk_to_the_free_device_memory(managed_host, 
 
     mm = managed_host["mm"]
     vae = managed_host["classes"]["MMGT_LoadVAE"]().load("sd-vae-ft-mse", "fp32")[0]
-    latents = stage2.VideoLatents(torch.randn(1, 4, 6, 8, 8), 25.0)
+    latents = stage2.VideoLatents(torch.randn(6, 4, 8, 8), 25.0)
     chunks: list[int] = []
     original = stage2.decode_latents
 

@@ -31,13 +31,13 @@ class MakeTestLatents:
     def make(self, frames: int, audio_seconds: float) -> tuple[Any]:
         from nodes.stage2 import VideoLatents
 
-        latents = torch.randn(1, 4, frames, 8, 8, generator=torch.Generator().manual_seed(0))
+        samples = torch.randn(frames, 4, 8, 8, generator=torch.Generator().manual_seed(0))
         audio = None
         if audio_seconds > 0:
             wave = torch.zeros(1, 2, round(audio_seconds * RATE))
             wave[..., 0] = 0.9
             audio = {"waveform": wave, "sample_rate": RATE}
-        return (VideoLatents(latents, 25.0, audio),)
+        return (VideoLatents(samples, 25.0, audio),)
 
 
 def _prompt(frames: int, audio_seconds: float, prefix: str = "MMGT/video") -> dict[str, Any]:

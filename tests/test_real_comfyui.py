@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from ui_to_api import convert
 from workflow_assets import (
@@ -222,6 +223,32 @@ def test_api_twin_runs_and_saves_the_expected_videos(comfyui, name):
         summary.append(f"{matches[0].name}: {decoded} frames @ {fps:g} fps, audio "
                        f"{'none' if audio_length is None else f'{audio_length:.2f} s'}")
     print(f"\n{name}: success in {seconds:.1f} s; " + "; ".join(summary))
+
+
+def test_core_latent_nodes_take_sample_videos_latent_output(comfyui):
+    """Sample Video's LATENT (a frames-first view of the one latent storage, not a contiguous copy) through core
+    Upscale Latent By and Save Latent, which writes it with safetensors."""
+    from safetensors.torch import load_file
+
+    prompt = tiny_twin("mmgt_pose_to_video")
+    sample_id = next(node_id for node_id, node in prompt.items() if node["class_type"] == "MMGT_SampleVideo")
+    prompt["core_save"] = {"class_type": "SaveLatent", "inputs": {"samples": [sample_id, 1],
+                                                                  "filename_prefix": "core_latent/sampled"}}
+    prompt["core_upscale"] = {"class_type": "LatentUpscaleBy", "inputs": {
+        "samples": [sample_id, 1], "upscale_method": "nearest-exact", "scale_by": 2.0}}
+    prompt["core_save_upscaled"] = {"class_type": "SaveLatent", "inputs": {"samples": ["core_upscale", 0],
+                                                                           "filename_prefix": "core_latent/upscaled"}}
+    answer = comfyui.post_prompt(prompt)
+    assert answer.get("node_errors") == {}, answer
+    entry = comfyui.wait_for_history(answer["prompt_id"])
+    errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert entry["status"]["status_str"] == "success", json.dumps(errors, indent=1)[:6000]
+    saved = sorted((Path(comfyui.base) / "output" / "core_latent").glob("*.latent"))
+    sampled = load_file(next(path for path in saved if path.name.startswith("sampled")))["latent_tensor"]
+    upscaled = load_file(next(path for path in saved if path.name.startswith("upscaled")))["latent_tensor"]
+    assert sampled.shape == (40, 4, 16, 16) and sampled.dtype == torch.float32 and torch.isfinite(sampled).all()
+    assert upscaled.shape == (40, 4, 32, 32)
+    assert torch.equal(upscaled[..., ::2, ::2], sampled)  # nearest-exact x2 repeats every latent pixel
 
 
 STAGE2_NETWORKS = {"MMGT_VideoNet", "MMGT_AutoencoderKL", "MMGT_CLIPVisionModelWithProjection", "MMGT_Wav2Vec2Model"}

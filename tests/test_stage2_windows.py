@@ -172,14 +172,14 @@ def test_large_image_decode_warns_with_the_estimate_and_refuses_what_cannot_fit(
                                                                                 caplog) -> None:
     import nodes.stage2 as stage2_nodes
 
-    latents = torch.zeros(1, 4, 15000, 64, 64)  # 10 minutes at 512 x 512: about 44 GiB as one IMAGE batch
+    samples = torch.zeros(15000, 4, 64, 64)  # 10 minutes at 512 x 512: about 44 GiB as one IMAGE batch
     monkeypatch.setattr(stage2_nodes, "available_memory_bytes", lambda: 64 * 2**30)
     with caplog.at_level(logging.WARNING):
-        stage2_nodes._check_decode_fits(latents)
+        stage2_nodes._check_decode_fits(samples)
     assert "43.9 GiB" in caplog.text and "MMGT Save Video" in caplog.text
     monkeypatch.setattr(stage2_nodes, "available_memory_bytes", lambda: 16 * 2**30)
     with pytest.raises(InputError, match="43.9 GiB.*16.0 GiB"):
-        stage2_nodes._check_decode_fits(latents)
+        stage2_nodes._check_decode_fits(samples)
     caplog.clear()
-    stage2_nodes._check_decode_fits(torch.zeros(1, 4, 250, 64, 64))  # 10 s: no warning
+    stage2_nodes._check_decode_fits(torch.zeros(250, 4, 64, 64))  # 10 s: no warning
     assert "MMGT Decode Video" not in caplog.text

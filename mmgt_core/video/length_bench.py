@@ -107,7 +107,7 @@ class AudioToVideoChain:
         saved = stage("streamed decode", "MMGT_SaveVideo", latents=latents, filename_prefix="bench/length",
                       chunk_frames=16, mmgt_vae=self.vae)["result"][0]
         Path(saved.get_stream_source()).unlink()
-        return int(latents.latents.shape[2])
+        return latents.frame_count
 
     def _stage(self, label: str, name: str, **inputs: Any) -> tuple[Any, ...]:
         with PeakRSS() as memory:

@@ -25,7 +25,10 @@ latents (float32, CPU)         (1, 4, T, 64, 64)                65 536 B/frame =
                                                                 window of predictions is held. The multistep
                                                                 solvers (and ``on_step``) need the whole guided
                                                                 prediction per step, one more 0.98 GB, and
-                                                                keep about 2 more whole predictions.
+                                                                keep about 2 more whole predictions. MMGT
+                                                                Sample Video unscales it in place at the end;
+                                                                its MMGT latents and core LATENT outputs are
+                                                                two views of this one storage.
 audio tokens (net dtype)       (T, 32, 768)                     49 152 B/frame in fp16/bf16 = 0.74 GB
                                                                 (98 304 B/frame = 1.47 GB in fp32)
 keypoints (float32)            (T, 134, 3)                      1 608 B/frame = 24 MB

@@ -19,6 +19,8 @@ from mmgt_core.types import CancelFn, ProgressFn
 
 VAE_SCALING = 0.18215
 """SD1.5's latent scale (ComfyUI's SD1.5 latent format too); a VAE whose config has ``scaling_factor`` uses that."""
+ALREADY_UNSCALED = 1.0
+"""The ``scaling_factor`` to decode latents already in the VAE's own space (core LATENT's scale) with."""
 
 
 def vae_scaling_factor(vae: Any) -> float:
