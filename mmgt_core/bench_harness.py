@@ -10,7 +10,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -35,25 +35,79 @@ def return_freed_memory() -> None:
     release_freed_heap()
 
 
+_STATUS_FILE = "/proc/self/status"
+_CLEAR_REFS_FILE = "/proc/self/clear_refs"
+_RESET_PEAK_RSS = "5"  # what clear_refs takes to reset the kernel's peak-RSS mark (VmHWM) to the current RSS
+
+
+def _kernel_peak_rss_bytes() -> Optional[int]:
+    """The kernel's peak-RSS mark (Linux VmHWM) in bytes; None where there is none."""
+    try:
+        with open(_STATUS_FILE, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _reset_kernel_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS; False where the kernel does not allow it."""
+    try:
+        with open(_CLEAR_REFS_FILE, "w", encoding="ascii") as handle:
+            handle.write(_RESET_PEAK_RSS)
+        return True
+    except OSError:
+        return False
+
+
 class PeakRSS:
-    """Context manager: the highest RSS seen (polled every 20 ms) above the RSS at entry."""
+    """Context manager: the highest RSS above the RSS at entry.
+
+    On Linux it reads the kernel's own peak-RSS mark (VmHWM, reset through ``/proc/self/clear_refs`` at every entry),
+    so the peak is exact, however short the spike. Meters may nest (a whole run around per-stage meters, on one
+    thread): an inner meter folds the mark into every open meter before it resets it. Elsewhere a thread polls the
+    RSS every ``interval`` seconds, which can miss short spikes.
+    """
+
+    _open_meters: ClassVar[list[PeakRSS]] = []  # the kernel-mark meters now open, outermost first
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
         self.baseline = 0
         self.peak = 0
+        self.exact = False  # True when the kernel's mark gave the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def __enter__(self) -> PeakRSS:
+        self._fold_kernel_peak()
+        self.exact = _kernel_peak_rss_bytes() is not None and _reset_kernel_peak_rss()
         self.baseline = self.peak = _rss_bytes()
-        self._thread.start()
+        if self.exact:
+            PeakRSS._open_meters.append(self)
+        else:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        if self.exact:
+            self._fold_kernel_peak()
+            PeakRSS._open_meters.remove(self)
+        else:
+            self._stop.set()
+            self._thread.join()
         self.peak = max(self.peak, _rss_bytes())
+
+    @staticmethod
+    def _fold_kernel_peak() -> None:
+        """Raise every open meter's peak to the kernel's mark (the highest RSS since the last reset)."""
+        if not PeakRSS._open_meters:
+            return
+        mark = _kernel_peak_rss_bytes()
+        for meter in PeakRSS._open_meters if mark is not None else ():
+            meter.peak = max(meter.peak, mark)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):

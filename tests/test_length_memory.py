@@ -21,7 +21,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEMORY_TARGET = 1.3
-NOISE_MIB = 16.0  # the RSS poll and allocator granularity: below this the ratio is measurement noise
+NOISE_MIB = 16.0  # allocator and heap-trim granularity: below this the ratio is measurement noise
 
 pytestmark = pytest.mark.slow
 
