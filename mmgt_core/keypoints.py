@@ -43,6 +43,8 @@ LEGS = (9, 10, 12, 13)
 
 _NORM_LOW = -200.0
 _NORM_HIGH = 800.0
+FINITE_CHECK_ELEMENTS = 1 << 18
+"""Values per block of :func:`all_finite` (1 MiB of float32): bounds its temporaries whatever the length."""
 
 
 @dataclass
@@ -104,7 +106,7 @@ def validate_keypoints(keypoints: torch.Tensor, name: str = "keypoints", allow_e
         raise InputError(name, f"expected a floating-point tensor, got {keypoints.dtype}.")
     if keypoints.shape[0] == 0 and not allow_empty:
         raise InputError(name, "the sequence has no frames.", "Give at least one frame of keypoints.")
-    if not torch.isfinite(keypoints).all():
+    if not all_finite(keypoints):
         bad_frames = (~torch.isfinite(keypoints)).flatten(1).any(1).nonzero().flatten().tolist()
         raise InputError(
             name,
@@ -113,14 +115,27 @@ def validate_keypoints(keypoints: torch.Tensor, name: str = "keypoints", allow_e
         )
 
 
+def all_finite(values: torch.Tensor, block_elements: int = FINITE_CHECK_ELEMENTS) -> bool:
+    """True when no value is NaN or infinite; checked a block of leading rows (frames) at a time, because
+    ``torch.isfinite`` makes an abs copy and three boolean masks the size of what it checks."""
+    rows = values.reshape(1) if values.ndim == 0 else values
+    row_elements = max(1, rows.numel() // max(1, rows.shape[0]))
+    return all(bool(torch.isfinite(block).all()) for block in rows.split(max(1, block_elements // row_elements)))
+
+
 def normalize(values: torch.Tensor) -> torch.Tensor:
     """Official normalisation of every value (coordinates and scores): ``(x + 200) / 1000 · 2 − 1``."""
     return ((values - _NORM_LOW) / (_NORM_HIGH - _NORM_LOW)) * 2 - 1
 
 
 def denormalize(values: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`normalize`: ``(y + 1) / 2 · 1000 − 200``."""
-    return (values + 1) / 2 * (_NORM_HIGH - _NORM_LOW) + _NORM_LOW
+    """Inverse of :func:`normalize`: ``(y + 1) / 2 · 1000 − 200``, as a new tensor."""
+    return denormalize_(values.to(torch.result_type(values, 1.0), copy=True))
+
+
+def denormalize_(values: torch.Tensor) -> torch.Tensor:
+    """:func:`denormalize` in place on a floating-point tensor (the same operations, so the same bits); returns it."""
+    return values.add_(1).div_(2).mul_(_NORM_HIGH - _NORM_LOW).add_(_NORM_LOW)
 
 
 def mask_leg_normalized(feature: torch.Tensor) -> torch.Tensor:
@@ -140,25 +155,29 @@ def mask_leg_pixels(keypoints: torch.Tensor) -> torch.Tensor:
 
 def to_official_pixels(keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Canvas pixels → official 512-space pixels (identity for 512×512)."""
-    return _cover_map(keypoints, width, height, lambda value, scale, offset: value * scale + offset)
+    return _cover_map_(keypoints.clone(), width, height, lambda value, scale, offset: value.mul_(scale).add_(offset))
 
 
 def from_official_pixels(keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Official 512-space pixels → canvas pixels (inverse of :func:`to_official_pixels`)."""
-    return _cover_map(keypoints, width, height, lambda value, scale, offset: (value - offset) / scale)
+    return from_official_pixels_(keypoints.clone(), width, height)
 
 
-def _cover_map(keypoints: torch.Tensor, width: int, height: int,
-               move: Callable[[torch.Tensor, float, float], torch.Tensor]) -> torch.Tensor:
-    """A copy with ``move(coordinate, scale, offset)`` applied to x and y, for the cover rule that maps the canvas
-    onto the official 512 space (short side → 512, centred); a plain copy for a 512×512 canvas."""
-    out = keypoints.clone()
+def from_official_pixels_(keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """:func:`from_official_pixels` in place (floating-point ``keypoints``); returns them."""
+    return _cover_map_(keypoints, width, height, lambda value, scale, offset: value.sub_(offset).div_(scale))
+
+
+def _cover_map_(keypoints: torch.Tensor, width: int, height: int,
+                move_: Callable[[torch.Tensor, float, float], torch.Tensor]) -> torch.Tensor:
+    """Apply ``move_(coordinate, scale, offset)`` in place to x and y of ``keypoints`` (returned), for the cover
+    rule that maps the canvas onto the official 512 space (short side → 512, centred); nothing for 512×512."""
     if width == OFFICIAL_CANVAS and height == OFFICIAL_CANVAS:
-        return out
+        return keypoints
     scale = OFFICIAL_CANVAS / min(width, height)
     for axis, size in ((0, width), (1, height)):
-        out[..., axis] = move(keypoints[..., axis], scale, (OFFICIAL_CANVAS - size * scale) / 2)
-    return out
+        move_(keypoints[..., axis], scale, (OFFICIAL_CANVAS - size * scale) / 2)
+    return keypoints
 
 
 def to_official_feature(sequence: PoseSequence) -> torch.Tensor:
@@ -168,11 +187,15 @@ def to_official_feature(sequence: PoseSequence) -> torch.Tensor:
 
 
 def from_official_feature(feature: torch.Tensor, width: int, height: int, fps: float = VIDEO_FPS) -> PoseSequence:
-    """Official normalised (T, 402) features → a pose sequence on a ``width``×``height`` canvas."""
+    """Official normalised (T, 402) features → a pose sequence on a ``width``×``height`` canvas.
+
+    The keypoints are the one full-length tensor made: a float32 copy of ``feature`` converted in place.
+    """
     if feature.ndim != 2 or feature.shape[1] != FEATURE_DIM:
         raise InputError("feature", f"expected shape (frames, 402), got {tuple(feature.shape)}.")
-    pixels = denormalize(feature.float()).reshape(feature.shape[0], NUM_KEYPOINTS, 3)
-    return PoseSequence(from_official_pixels(pixels, width, height), width, height, fps)
+    keypoints = torch.empty(feature.shape[0], NUM_KEYPOINTS, 3, dtype=torch.float32, device=feature.device)
+    denormalize_(keypoints.view(feature.shape).copy_(feature))
+    return PoseSequence(from_official_pixels_(keypoints, width, height), width, height, fps)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..constants import SMGA_WINDOW_FRAMES
 from ..errors import InputError
+from ..keypoints import all_finite
 from ..timeline import fit_length
 from ..types import OptionalCancel, OptionalProgress
 from .diffusion import GUIDANCE_WEIGHT, KnownFrames, cosine_schedule, ddim_sample
@@ -79,17 +80,22 @@ def window_features(features: Tensor, start: int, window: int) -> Tensor:
 def official_spline_smoothing(sequence: Tensor, period: int = OFFICIAL_SMOOTH_PERIOD) -> Tensor:
     """``scripts/audio2vid.py`` "interpolate": around every p in arange(period, T, period), fit a cubic spline on
     frames p−8…p−6 and p+5…p+7 and overwrite frames p−7…p+6. Points whose support runs past the end are skipped
-    (the official code would fail there)."""
+    (the official code would fail there). Returns a smoothed copy."""
     smoothed = sequence.detach().cpu().numpy().copy()
-    total = smoothed.shape[0]
+    official_spline_smoothing_(smoothed, period)
+    return torch.from_numpy(smoothed).to(sequence.device, sequence.dtype)
+
+
+def official_spline_smoothing_(sequence: np.ndarray, period: int = OFFICIAL_SMOOTH_PERIOD) -> None:
+    """:func:`official_spline_smoothing` in place on a (T, F) array (no full-length copy)."""
+    total = sequence.shape[0]
     for point in range(period, total, period):
         start, end = max(0, point - 5), min(total, point + 5)
         support = list(range(start - 3, start)) + list(range(end, end + 3))
         if support[0] < 0 or support[-1] >= total:
             continue
-        spline = CubicSpline(support, smoothed[support], axis=0)
-        smoothed[start - 2:end + 2] = spline(np.arange(start - 2, end + 2))
-    return torch.from_numpy(smoothed).to(sequence.device, sequence.dtype)
+        spline = CubicSpline(support, sequence[support], axis=0)
+        sequence[start - 2:end + 2] = spline(np.arange(start - 2, end + 2))
 
 
 def official_assembly(reference_pose: Tensor, generated: Tensor) -> Tensor:
@@ -144,12 +150,12 @@ def _validate(model: GestureDecoder, features: Tensor, reference: Tensor, window
                          "Compute Stage-I features with the MMGT audio-feature node (WavLM ‖ 35 EDGE features).")
     if features.shape[0] == 0:
         raise InputError("audio_features", "the audio has 0 frames.", "Use audio of at least 1/25 s.")
-    if not bool(torch.isfinite(features).all()):
+    if not all_finite(features):
         raise InputError("audio_features", "contains NaN or infinite values.", "Check the audio and its features.")
     if reference.numel() != config.nfeats:
         raise InputError("reference_pose", f"expected {config.nfeats} values (134 keypoints × 3), "
                          f"got shape {tuple(reference.shape)}.", "Pass one normalised pose from the pose node.")
-    if not bool(torch.isfinite(reference).all()):
+    if not all_finite(reference):
         raise InputError("reference_pose", "contains NaN or infinite values.",
                          "Detect the reference pose again or fill missing keypoints before generation.")
     if window != config.seq_len:
@@ -197,14 +203,15 @@ def generate_pose_sequence(
 
     reference_pose_feature: (402,) normalised (legs already masked as the official script does). The result is
     deterministic for a given generator state; ``progress(step, total)`` counts diffusion steps over all windows.
+    Memory: the (T, 402) float32 output is the one full-length tensor made (windows are written into it, features
+    are converted to float32 a window at a time, the smoothing works in place).
     """
     reference = reference_pose_feature.reshape(-1) if isinstance(reference_pose_feature, Tensor) else None
     if reference is None:
         raise InputError("reference_pose", "expected a tensor of 402 values.")
     _validate(model, audio_features, reference, window, overlap, steps, best_of, smooth)
     device = model.input_projection.weight.device
-    features = audio_features.float()
-    total = features.shape[0]
+    total = audio_features.shape[0]
     plans = plan_windows(total, window, overlap)
     output = torch.empty(total, reference.numel())
     output[0] = reference.float().cpu()
@@ -216,11 +223,11 @@ def generate_pose_sequence(
                 if progress is not None:
                     progress(done + step, total_steps)
 
-            generated = _sample_window(model, features, output, plan, generator, steps, guidance, window,
+            generated = _sample_window(model, audio_features, output, plan, generator, steps, guidance, window,
                                        best_of, schedule, window_progress, check_cancel, device)
             _write_window(output, generated, plan)
     if smooth == "official":
-        output = official_spline_smoothing(output)
+        official_spline_smoothing_(output.numpy())
     return output
 
 
@@ -228,7 +235,7 @@ def _sample_window(model: GestureDecoder, features: Tensor, output: Tensor, plan
                    generator: Optional[torch.Generator], steps: int, guidance: float, window: int, best_of: int,
                    schedule, progress, check_cancel: OptionalCancel, device: torch.device) -> Tensor:
     """Sample one window (window, F) on CPU float32; continuation windows inpaint their overlap."""
-    cond = window_features(features, plan.audio_start, window).unsqueeze(0).to(device)
+    cond = window_features(features, plan.audio_start, window).float().unsqueeze(0).to(device)
     if plan.overlap == 0:
         batch, known = 1, None
         cond_frame = output[0:1].to(device)
