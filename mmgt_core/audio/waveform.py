@@ -31,6 +31,7 @@ SOXR_QUALITY = "soxr_hq"
 WaveformLike = Union[torch.Tensor, np.ndarray]
 
 _INT_FULL_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
+_UINT8_MIDPOINT = 128.0
 
 
 def frame_count(num_samples: int, sample_rate: float = ENCODER_SAMPLE_RATE, fps: float = VIDEO_FPS) -> int:
@@ -183,7 +184,12 @@ def _to_numpy(waveform: WaveformLike) -> np.ndarray:
     if array.dtype.kind == "f":
         return array
     if array.dtype in _INT_FULL_SCALE:
-        return array.astype(np.float32) / np.float32(_INT_FULL_SCALE[array.dtype])
+        scaled = array.astype(np.float32)
+        scaled /= np.float32(_INT_FULL_SCALE[array.dtype])  # in place: one clip-sized copy, not two
+        return scaled
     if array.dtype == np.uint8:
-        return (array.astype(np.float32) - 128.0) / 128.0
+        scaled = array.astype(np.float32)
+        scaled -= _UINT8_MIDPOINT
+        scaled /= _UINT8_MIDPOINT
+        return scaled
     raise InputError("audio", f"unsupported sample type {array.dtype}.", "pass float, int16, int32 or uint8 samples.")
