@@ -239,6 +239,7 @@ def compute_with(handles: Sequence[ModelHandle], *, stage: str, workload: str, l
                  memory_required: int) -> Iterator[None]:
     """Load ``handles`` for compute, then run the block; an out-of-memory error inside it becomes a readable
     ComputeMemoryError naming the stage, the workload that did not fit and what to lower."""
+    release_freed_heap()  # what ran since the last block freed (earlier nodes' locals and after-block work)
     load_for_compute(handles, memory_required, stage, workload, lower)
     try:
         yield

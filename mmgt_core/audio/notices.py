@@ -23,10 +23,11 @@ MOSTLY_SILENT_SHARE = 0.8
 """A clip with at least this share of silent frames gets a notice."""
 
 
-def silent_share(mono: torch.Tensor | np.ndarray, sample_rate: int, block_frames: int = 4096) -> float:
+def silent_share(mono: torch.Tensor | np.ndarray, sample_rate: int, block_frames: int = 256) -> float:
     """Share of the clip's video frames (40 ms) whose RMS is below ``SILENCE_DBFS`` (the last one zero-padded).
 
-    Measured ``block_frames`` frames at a time, so a long clip needs no clip-sized float64 copy.
+    Measured ``block_frames`` frames at a time (10 s: a float64 block of 1.3 MB at 16 kHz), so a long clip needs no
+    clip-sized float64 copy; each frame's RMS is its own, so the block size does not change the result.
     """
     wave = np.asarray(mono).reshape(-1)
     hop = max(1, int(round(sample_rate / VIDEO_FPS)))
