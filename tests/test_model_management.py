@@ -143,7 +143,7 @@ def test_every_network_is_loaded_by_comfyui_before_it_computes_and_unloads_and_r
     second = run(prompt, with_cached_loaders(prompt, managed_host["classes"], first.outputs))
     assert managed_host["problems"] == []
     assert len([e for e in mm.LOG if e[0] == "load_models_gpu"]) >= 2 * computed_before
-    torch.testing.assert_close(second.outputs["15"][0].latents, first.outputs["15"][0].latents)  # same seed
+    torch.testing.assert_close(second.outputs["15"][0].samples, first.outputs["15"][0].samples)  # same seed
 
 
 @pytest.mark.parametrize("failure", ["out_of_memory_loading", "out_of_memory_computing", "cancel_loading"])
